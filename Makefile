@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (set up, train and evaluate the default model) and `make test`.
+# Both create .venv and install what they need; running them again only redoes what changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cnnzoo-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+RUN ?= runs/demo
+
+.PHONY: demo test lint data setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test,export]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package holds the original IDX files; install it where apt works.
+data:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		sudo apt-get install -y -q dataset-fashion-mnist; \
+	else \
+		echo "note: could not install dataset-fashion-mnist; put the Fashion-MNIST IDX files in \$$CNNZOO_DATA"; \
+	fi
+
+demo: $(STAMP) data
+	$(BIN)/cnnzoo train --model lenet5 --dataset fashion_mnist --epochs 5 --output-dir $(RUN) --overwrite
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+test: $(STAMP) data lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

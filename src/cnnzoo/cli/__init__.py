@@ -1,0 +1,1 @@
+"""The `cnnzoo` command line."""

@@ -1,0 +1,294 @@
+"""Image folders: one sub-folder per class (``PATH/cat``, ``PATH/dog``), or ``PATH/train``,
+``PATH/val``, ``PATH/test`` each holding class sub-folders.
+
+Without predefined parts the folder is split by ``split`` (ratios or counts, e.g. (400, 92, 10))
+or, by default, into 10 % test, ``val_split`` validation and the rest train; the test part is
+cut with a fixed seed so it never moves with ``seed``. With a ``train/`` folder, a missing
+``val/`` or ``test/`` is carved from train the same way.
+
+Every file is checked cheaply (its image header) at load time; unreadable and non-image files
+are skipped with one warning that counts them. Images are decoded by PIL, converted (grayscale,
+RGBA and palette with transparency composited on white, CMYK, 16-bit) to RGB, or to grey when
+every image in the folder is grey.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from cnnzoo.data.datasets import DataBundle, FileSplit
+from cnnzoo.data.splits import split_counts, stratified_order
+from cnnzoo.errors import DataError, UsageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_TEST_FRACTION = 0.1
+TEST_SEED = 0
+STATS_SAMPLE = 32  # images decoded to estimate the train split's mean/std
+_VAL_DIRS = ("val", "valid", "validation")
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped or substituted; training goes on."""
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__")
+
+
+def read_image(
+    path: str | Path, channels: int = 3, *, draft_size: int | None = None
+) -> torch.Tensor:
+    """Decode an image file to a uint8 tensor (channels, H, W).
+
+    Grayscale is repeated to RGB (or RGB averaged to grey, ITU-R 601 weights), transparency is
+    composited on white, CMYK and palette images are converted, 16-bit images are scaled to 8
+    bits, and the EXIF orientation is applied. ``draft_size`` lets JPEG decoding shrink the
+    image (by powers of two, never below that side), which is much faster for big photos.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as img:
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
+            img = ImageOps.exif_transpose(img)
+            array = np.asarray(_convert(img, channels))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _convert(img: Image.Image, channels: int) -> Image.Image:
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        # 16-bit files arrive as I;16 or I (0..65535); F is taken to be 8-bit-ranged already.
+        if mode != "F" and values.max(initial=0) > 255:
+            values = values / 257.0
+        img = Image.fromarray(np.round(values).clip(0, 255).astype(np.uint8), mode="L")
+    elif mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _probe(path: Path) -> str | None:
+    """The image mode from the file's header, or None when it is not a readable image."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            return img.mode if width > 0 and height > 0 else None
+    except Exception:  # PIL raises many types for garbage; every one means "skip it"
+        return None
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(_is_hidden(part) for part in p.relative_to(directory).parts)
+    )
+
+
+class _Scan:
+    """Images found under class folders, with what was skipped (for one warning in the end)."""
+
+    def __init__(self) -> None:
+        self.skipped: list[Path] = []
+        self.modes: set[str] = set()
+
+    def scan(self, root: Path, classes: list[str]) -> FileSplit:
+        index = {name: i for i, name in enumerate(classes)}
+        files: list[tuple[Path, int]] = []
+        for class_dir in _class_dirs(root):
+            if class_dir.name not in index:
+                raise DataError(
+                    f"{class_dir}: class {class_dir.name!r} does not exist in the train folder "
+                    f"(classes: {', '.join(classes)})"
+                )
+            files += [(p, index[class_dir.name]) for p in _files_under(class_dir)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            modes = list(pool.map(_probe, [p for p, _ in files]))
+        paths, labels = [], []
+        for (path, label), mode in zip(files, modes, strict=True):
+            if mode is None:
+                self.skipped.append(path)
+            else:
+                self.modes.add(mode)
+                paths.append(path)
+                labels.append(label)
+        return FileSplit(paths, labels)
+
+    def warn(self) -> None:
+        if self.skipped:
+            examples = ", ".join(str(p) for p in self.skipped[:3])
+            more = ", ..." if len(self.skipped) > 3 else ""
+            warnings.warn(
+                f"skipped {len(self.skipped)} file(s) that are not readable images "
+                f"({examples}{more})",
+                DataWarning,
+                stacklevel=3,
+            )
+
+
+def _take(split: FileSplit, idx: np.ndarray) -> FileSplit:
+    return FileSplit([split.paths[i] for i in idx], [split.labels[i] for i in idx])
+
+
+def _carve(
+    pool: FileSplit, n_val: int, n_test: int, n_train: int | None, seed: int
+) -> tuple[FileSplit, FileSplit, FileSplit]:
+    """Stratified (train, val, test) from one pool; test uses a fixed seed, val uses ``seed``."""
+    order = stratified_order(pool.labels, TEST_SEED)
+    test_idx, rest = np.sort(order[:n_test]), np.sort(order[n_test:])
+    rest_split = _take(pool, rest)
+    order = stratified_order(rest_split.labels, seed)
+    end = len(order) if n_train is None else n_val + n_train
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:end])
+    return _take(rest_split, train_idx), _take(rest_split, val_idx), _take(pool, test_idx)
+
+
+def _sample_stats(
+    split: FileSplit, channels: int, size: int, seed: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std of up to STATS_SAMPLE seeded train images, decoded about as big as training
+    sees them (a much smaller decode would average texture away and understate the std)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(len(split))[:STATS_SAMPLE]
+
+    def decode(i: int) -> torch.Tensor | None:
+        try:
+            return read_image(split.paths[i], channels, draft_size=size)
+        except DataError:
+            return None
+
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without holding the GIL
+        for image in pool.map(decode, picks.tolist()):
+            if image is None:
+                continue
+            x = image.to(torch.float64) / 255
+            total += x.sum(dim=(1, 2))
+            squares += (x * x).sum(dim=(1, 2))
+            count += x.shape[1] * x.shape[2]
+    if count == 0:
+        return (0.5,) * channels, (0.25,) * channels
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_image_folder(
+    path: str | Path,
+    *,
+    val_split: float = 0.1,
+    split: Sequence[float] | Sequence[int] | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> DataBundle:
+    """A DataBundle of FileSplits for an image folder (layouts in the module docstring)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory")
+    if not 0.0 <= val_split < 1.0:
+        raise UsageError(f"val_split must be in [0, 1), got {val_split}")
+    scan = _Scan()
+    train_dir = root / "train"
+    presplit = train_dir.is_dir() and bool(_class_dirs(train_dir))
+    top = train_dir if presplit else root
+    classes = [d.name for d in _class_dirs(top)]
+    pool = scan.scan(top, classes)
+
+    # Empty class folders would be classes the model can never learn: drop them.
+    present = sorted(set(pool.labels))
+    if len(present) != len(classes):
+        remap = {old: new for new, old in enumerate(present)}
+        classes = [classes[i] for i in present]
+        pool = FileSplit(pool.paths, [remap[label] for label in pool.labels])
+    if not pool.paths:
+        scan.warn()
+        raise DataError(
+            f"no images found in {top} (expected one sub-folder of images per class, "
+            f"e.g. {top}/cat/1.jpg, {top}/dog/1.jpg)"
+        )
+    if len(classes) < 2:
+        scan.warn()
+        raise DataError(
+            f"{top} has a single class ({classes[0]!r}); a classifier needs at least two "
+            "class sub-folders"
+        )
+
+    val: FileSplit | None = None
+    test: FileSplit | None = None
+    if presplit:
+        val_dir = next((root / n for n in _VAL_DIRS if (root / n).is_dir()), None)
+        if val_dir is not None and _class_dirs(val_dir):
+            val = scan.scan(val_dir, classes)
+        if (root / "test").is_dir() and _class_dirs(root / "test"):
+            test = scan.scan(root / "test", classes)
+        n_val = 0 if val is not None else int(round(val_split * len(pool)))
+        n_test = 0 if test is not None else int(round(DEFAULT_TEST_FRACTION * len(pool)))
+        train, carved_val, carved_test = _carve(pool, n_val, n_test, None, seed)
+        val = val if val is not None else carved_val
+        test = test if test is not None else carved_test
+    else:
+        if split is None:
+            split = (1.0 - val_split - DEFAULT_TEST_FRACTION, val_split, DEFAULT_TEST_FRACTION)
+        n_train, n_val, n_test = split_counts(len(pool), split)
+        train, val, test = _carve(pool, n_val, n_test, n_train, seed)
+    scan.warn()
+    if not train.paths:
+        raise DataError(f"{root}: the train split is empty (split={split})")
+
+    channels = 1 if scan.modes and scan.modes <= GREY_MODES else 3
+    size = image_size or DEFAULT_IMAGE_SIZE
+    mean, std = _sample_stats(train, channels, size, seed)
+    return DataBundle(
+        name=f"imagefolder:{root}",
+        class_names=classes,
+        channels=channels,
+        image_size=(size, size),
+        mean=mean,
+        std=std,
+        train=train,
+        val=val if val is not None and len(val) else None,
+        test=test,
+        augment="rrc",
+        source=str(root),
+    )
+
+
+def iter_image_files(directory: str | Path) -> list[tuple[Path, str | None]]:
+    """Image files (by extension) under ``directory``, sorted, each with its class: the name of
+    its first-level sub-folder, or None for files directly in ``directory``."""
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"{directory} is not a directory")
+    found = []
+    for path in _files_under(directory):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            parts = path.relative_to(directory).parts
+            found.append((path, parts[0] if len(parts) > 1 else None))
+    return found

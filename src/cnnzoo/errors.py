@@ -1,0 +1,17 @@
+"""Errors the command line reports as one line, without a traceback."""
+
+
+class CnnzooError(Exception):
+    """A runtime problem with a clear cause (the CLI exits with status 1)."""
+
+
+class UsageError(CnnzooError, ValueError):
+    """The request itself is wrong: an unknown name, an impossible number (exit status 2)."""
+
+
+class WeightsError(CnnzooError, ValueError):
+    """A weights or checkpoint file that cannot be used for this model."""
+
+
+class DataError(CnnzooError):
+    """A dataset that is missing, empty or unreadable."""

@@ -1,0 +1,16 @@
+"""The zoo: importing this package registers every model family."""
+
+from cnnzoo.models import (  # noqa: F401  (each import registers its builders)
+    alexnet,
+    efficientnet,
+    inception,
+    lenet,
+    mobilenet,
+    resnet,
+    resnet_cifar,
+    shufflenet,
+    vgg,
+)
+from cnnzoo.models.base import ZooModel
+
+__all__ = ["ZooModel"]

@@ -1,0 +1,166 @@
+"""Optimizers, per-iteration learning-rate schedules (with warmup) and an EMA of the weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnzoo.train.config import TrainConfig
+
+__all__ = ["LRSchedule", "ModelEma", "build_optimizer", "param_groups"]
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Two groups: weights that decay, and biases / norm scales (every 1-D tensor) that do not.
+
+    Decaying BN/LN scales and biases only fights the normalisation (Goyal et al. 2017, §5.1).
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if not decay_all and (param.ndim <= 1 or name.endswith(".bias")):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    assert cfg.lr is not None and cfg.weight_decay is not None, "call TrainConfig.resolved()"
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+class LRSchedule:
+    """Sets every group's lr before each optimizer step: peak lr x warmup x schedule x plateau.
+
+    One object for every schedule (instead of chaining torch schedulers) so that warmup,
+    per-iteration stepping and reduce-on-plateau compose, and so that its whole state is three
+    numbers that checkpoint as plain Python values.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.optimizer = optimizer
+        self.peak_lr = float(cfg.lr)  # type: ignore[arg-type]
+        self.kind = cfg.schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
+        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.min_ratio = cfg.min_lr_ratio
+        self.gamma = cfg.gamma
+        if cfg.milestones:
+            self.milestones = sorted(cfg.milestones)
+        else:
+            size = cfg.step_size or max(1, cfg.epochs // 3)
+            self.milestones = list(range(size, cfg.epochs, size))
+        self.plateau_factor = cfg.plateau_factor
+        self.plateau_patience = cfg.plateau_patience
+        # state
+        self.step_count = 0
+        self.plateau_scale = 1.0
+        self.plateau_best: float | None = None
+        self.plateau_bad = 0
+
+    def factor(self, step: int) -> float:
+        if self.kind == "onecycle":
+            # Smith & Topin 2017: cosine up from peak/25 over 30 % of the run, then down to
+            # peak/1e4; it has its own warmup, so --warmup-epochs does not apply.
+            up = max(1, int(0.3 * self.total_steps))
+            if step < up:
+                t = step / up
+                return _cos_between(1 / 25, 1.0, t)
+            t = (step - up) / max(1, self.total_steps - up)
+            return _cos_between(1.0, 1 / 1e4, min(1.0, t))
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
+        if self.kind == "step":
+            epoch = step // self.steps_per_epoch
+            return self.gamma ** sum(epoch >= m for m in self.milestones)
+        return 1.0
+
+    def current_lr(self) -> float:
+        return self.peak_lr * self.factor(self.step_count) * self.plateau_scale
+
+    def apply(self) -> float:
+        """Set the lr for the coming optimizer step; call :meth:`advance` after it."""
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def advance(self) -> None:
+        self.step_count += 1
+
+    def plateau_update(self, value: float, higher_is_better: bool, min_delta: float) -> bool:
+        """Reduce-on-plateau bookkeeping at the end of an epoch; True when the lr was cut."""
+        score = value if higher_is_better else -value
+        if self.plateau_best is None or score > self.plateau_best + min_delta:
+            self.plateau_best = score
+            self.plateau_bad = 0
+            return False
+        self.plateau_bad += 1
+        if self.plateau_bad > self.plateau_patience:
+            self.plateau_scale *= self.plateau_factor
+            self.plateau_bad = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "plateau_scale": self.plateau_scale,
+            "plateau_best": self.plateau_best,
+            "plateau_bad": self.plateau_bad,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.plateau_scale = float(state["plateau_scale"])
+        self.plateau_best = state["plateau_best"]
+        self.plateau_bad = int(state["plateau_bad"])
+
+
+def _cos_between(start: float, end: float, t: float) -> float:
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class ModelEma:
+    """Exponential moving average of a model's parameters (buffers are copied as they are).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that the average is not dominated
+    by the random initialisation in short runs (as in TensorFlow's ExponentialMovingAverage).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.module.parameters())
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
+        for ema_buf, buf in zip(self.module.buffers(), model.buffers(), strict=True):
+            ema_buf.copy_(buf)

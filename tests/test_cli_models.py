@@ -1,0 +1,108 @@
+"""`cnnzoo models`, `cnnzoo summary` and `cnnzoo verify` through the real entry point."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from cnnzoo.cli.main import main
+from cnnzoo.cli.models_cmd import parse_input_size
+from cnnzoo.errors import UsageError
+from cnnzoo.reference import Figure, Reference
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_matching_names(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "models", "lenet*")
+    assert code == 0 and err == ""
+    assert "lenet5" in out and "lenet_caffe" in out and "resnet18" not in out
+    assert "2 models" in out
+    code, out, _ = run(capsys, "models", "net_b0")  # no wildcard: a substring
+    assert code == 0 and "efficientnet_b0" in out and out.splitlines()[0].strip() == "1 model"
+
+
+def test_models_by_family_with_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "resnet1*", "--family", "resnet")
+    assert code == 0
+    row = next(line for line in out.splitlines() if " resnet18 " in line)
+    assert "11.69 M" in row and "1.814" in row and "224" in row and "69.76" in row
+    assert "resnet101" in out and "resnet110" not in out  # resnet110 is family resnet_cifar
+
+
+def test_models_unknown_family_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "models", "--family", "transformers")
+    assert code == 2 and "unknown family 'transformers'" in err and "resnet" in err
+
+
+def test_summary_prints_table_and_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "summary", "lenet5", "--input-size", "1x32x32", "--num-classes", "10"
+    )
+    assert code == 0
+    assert "Total params" in out and "61,706" in out
+    assert "[1, 6, 28, 28]" in out and "Conv2d" in out
+
+
+def test_summary_small_input_and_depth(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "summary", "resnet18", "--small-input", "--input-size", "32", "--depth", "1",
+        "--num-classes", "10",
+    )  # fmt: skip
+    assert code == 0
+    assert "[1, 64, 32, 32]" in out  # the 3x3/1 stem keeps 32 px
+    assert "BasicBlock" not in out  # depth 1 hides the blocks
+    assert "11,173,962" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["summary", "resnt18"], "did you mean resnet18"),
+        (["summary", "resnet18", "--input-size", "3x2a"], "--input-size must be"),
+        (["summary", "resnet18", "--input-size", "1x32x32", "--in-chans", "3"], "disagrees"),
+        (["summary", "lenet5", "--small-input"], "no small-input variant"),
+        (["summary", "resnet18", "--input-size", "0x5"], "--input-size must be"),
+        (["verify", "no_such_net"], "unknown model 'no_such_net'"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_input_size_formats() -> None:
+    assert parse_input_size("1x28x28") == (1, 28, 28)
+    assert parse_input_size("28") == (28, 28)
+    assert parse_input_size("64x48") == (64, 48)
+    with pytest.raises(UsageError):
+        parse_input_size("1x2x3x4")
+
+
+def test_verify_small_models_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "verify", "lenet5", "resnet20", "mobilenet_v3_small", "--no-progress"
+    )
+    assert code == 0
+    assert "3 models verified: all ok" in out
+    assert "61,706" in out and "269,722" in out and "2,542,856" in out
+
+
+def test_verify_exits_1_on_a_mismatch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verify_mod = importlib.import_module("cnnzoo.analysis.verify")
+    wrong = Reference("lenet5", params=(Figure(60_000, source="LeCun 1998", in_chans=1),))
+    monkeypatch.setattr(verify_mod, "reference", lambda name: wrong)
+    code, out, _ = run(capsys, "verify", "lenet5", "--no-progress")
+    assert code == 1
+    assert "MISMATCH" in out and "1 failed (lenet5)" in out
