@@ -30,8 +30,10 @@ data:
 		echo "note: could not install dataset-fashion-mnist; put the Fashion-MNIST IDX files in \$$CNNZOO_DATA"; \
 	fi
 
+# LeNet-5 on Fashion-MNIST: about a minute on 2 CPU cores, ~90 % test accuracy.
 demo: $(STAMP) data
-	$(BIN)/cnnzoo train --model lenet5 --dataset fashion_mnist --epochs 5 --output-dir $(RUN) --overwrite
+	$(BIN)/cnnzoo train --model lenet5 --dataset fashion_mnist --epochs 8 --lr 3e-3 \
+		--schedule onecycle --augment flip --channels-last --output-dir $(RUN) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

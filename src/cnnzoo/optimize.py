@@ -293,6 +293,13 @@ class OptimizedModel(nn.Module):
         self.__dict__["_runner"] = runner
         self._runner_shape = runner_shape
 
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped model's own attributes (num_classes, default_cfg, ...) read through."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
     def train(self, mode: bool = True) -> OptimizedModel:
         if mode:
             raise RuntimeError("an optimized model is for inference only; keep the original")

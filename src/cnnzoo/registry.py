@@ -50,6 +50,9 @@ class ModelEntry:
     top1_source: str | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # The classes and channels of the data the paper trained on (ImageNet RGB unless stated).
+    num_classes: int = 1000
+    in_chans: int = 3
     default_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,12 +69,16 @@ def register_model(
     top1_source: str | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    num_classes: int = 1000,
+    in_chans: int = 3,
     **default_kwargs: Any,
 ) -> Callable[[Callable[..., ZooModel]], Callable[..., ZooModel]]:
     """Register a builder ``fn(num_classes=..., in_chans=..., **kwargs) -> ZooModel``.
 
-    The returned builder attaches ``default_cfg`` to every model it makes, so calling it directly
-    gives the same model as :func:`create_model`.
+    ``num_classes`` and ``in_chans`` are the model's defaults (its paper's data: 1000 RGB
+    ImageNet classes unless the model was made for MNIST or CIFAR). The returned builder attaches
+    ``default_cfg`` to every model it makes, so calling it directly gives the same model as
+    :func:`create_model`.
     """
 
     def decorate(fn: Callable[..., ZooModel]) -> Callable[..., ZooModel]:
@@ -81,10 +88,15 @@ def register_model(
         tv_name = (name if torchvision is True else torchvision) or None
 
         @functools.wraps(fn)
-        def build(num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> ZooModel:
+        def build(
+            num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+        ) -> ZooModel:
+            entry = _REGISTRY[name]
+            num_classes = entry.num_classes if num_classes is None else num_classes
+            in_chans = entry.in_chans if in_chans is None else in_chans
             check_class_and_channel_counts(num_classes, in_chans)
             model = fn(num_classes=num_classes, in_chans=in_chans, **{**default_kwargs, **kwargs})
-            model.default_cfg = _make_cfg(_REGISTRY[name], model, in_chans)
+            model.default_cfg = _make_cfg(entry, model, in_chans)
             return model
 
         _REGISTRY[name] = ModelEntry(
@@ -98,6 +110,8 @@ def register_model(
             top1_source=top1_source or ("torchvision" if imagenet_top1 and tv_name else None),
             mean=mean,
             std=std,
+            num_classes=num_classes,
+            in_chans=in_chans,
             default_kwargs=dict(default_kwargs),
         )
         return build
@@ -159,12 +173,16 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
     weights: Any = None,
     **kwargs: Any,
 ) -> ZooModel:
-    """Build a zoo model by name; ``weights`` is a file path or state-dict to load into it."""
+    """Build a zoo model by name; ``weights`` is a file path or state-dict to load into it.
+
+    ``num_classes`` and ``in_chans`` default to the model's own: 1000 classes and 3 channels for
+    ImageNet models, 10 classes for the CIFAR networks, 10 classes of 1-channel images for LeNet.
+    """
     model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if weights is not None:
         from cnnzoo.weights import load_weights
@@ -175,7 +193,7 @@ def create_model(
 
 @functools.cache
 def count_params(name: str) -> int:
-    """Parameter count of the default (1000-class, RGB) model, built without allocating memory."""
+    """Parameter count of the model with its default classes and channels (no memory used)."""
     with torch.device("meta"):
         model = create_model(name)
     return sum(p.numel() for p in model.parameters())

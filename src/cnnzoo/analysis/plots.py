@@ -314,7 +314,8 @@ def plot_accuracy_vs_macs(rows: Sequence[Mapping[str, Any]], out_png: str | Path
     """Scatter of test accuracy against multiply-adds, one labelled point per model.
 
     Each row needs a name (``model`` or ``name``), a cost (``macs`` as a count, or ``gmacs`` in
-    billions) and an accuracy (``test_acc``, ``top1`` or ``accuracy``; a fraction or a percent).
+    billions) and an accuracy (``test_top1``, ``test_acc``, ``top1`` or ``accuracy``; a fraction
+    or a percent).
     Rows missing either number are skipped. The x axis is logarithmic: zoo models span 1000x.
     """
     points: list[tuple[str, float, float]] = []
@@ -322,7 +323,7 @@ def plot_accuracy_vs_macs(rows: Sequence[Mapping[str, Any]], out_png: str | Path
         name = str(_first(row, ("model", "name")) or "?")
         macs = _first(row, ("macs",))
         gmacs = float(macs) / 1e9 if macs is not None else _number(_first(row, ("gmacs",)))
-        accuracy = _number(_first(row, ("test_acc", "top1", "accuracy", "acc")))
+        accuracy = _number(_first(row, ("test_top1", "test_acc", "top1", "accuracy", "acc")))
         if math.isnan(gmacs) or math.isnan(accuracy) or gmacs <= 0:
             continue
         points.append((name, gmacs, accuracy))

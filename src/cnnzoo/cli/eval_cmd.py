@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
         "--output", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run)"
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    evaluate.add_argument(
+        "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
+    )
     evaluate.set_defaults(run=run_evaluate)
 
     predict = subparsers.add_parser(
@@ -66,6 +69,9 @@ def register(subparsers: Any) -> None:
         "--plot", metavar="OUT_DIR", help="write a top-k bar chart per image and a prediction grid"
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument(
+        "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
+    )
     predict.set_defaults(run=run_predict)
 
 
@@ -104,6 +110,15 @@ def _trained_side(config: dict[str, Any]) -> int | None:
     return None
 
 
+def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """``model`` through cnnzoo.optimize, saying on stderr what it chose."""
+    from cnnzoo.optimize import optimize
+
+    fast = optimize(model, example)
+    print(f"--fast: {fast.report}", file=sys.stderr)
+    return fast
+
+
 def evaluate_run(
     run: str | Path,
     *,
@@ -113,6 +128,7 @@ def evaluate_run(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    fast: bool = False,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Load a run and score it on ``split`` of its dataset (or ``dataset``)."""
     from cnnzoo.data import load_dataset, make_loader
@@ -149,6 +165,8 @@ def evaluate_run(
         device=device,
     )
     class_names = config.get("class_names") or bundle.class_names
+    if fast:
+        model = fast_model(model, next(iter(loader))[0])
     result = evaluate_model(
         model,
         loader,
@@ -177,6 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         progress=sys.stderr.isatty(),
+        fast=args.fast,
     )
     out_dir = Path(args.output) if args.output else Path(info["run_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +277,12 @@ def run_predict(args: argparse.Namespace) -> int:
     model, config = load_run(args.run_path)
     model.to(device)
     found = collect_images(args.inputs)
+    if args.fast:
+        cfg = model.default_cfg
+        side = _trained_side(config) or cfg["input_size"][-1]
+        batch = max(1, min(args.batch_size, len(found)))
+        example = torch.randn(batch, cfg["input_size"][0], side, side, device=device)
+        model = fast_model(model, example)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

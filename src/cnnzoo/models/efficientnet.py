@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
-from cnnzoo.models.mobilenet import ConvBNAct, NormLayer, SqueezeExcite, make_divisible
+from cnnzoo.models.mobilenet import (
+    ConvBNAct,
+    NormLayer,
+    SqueezeExcite,
+    init_mobile_weights,
+    make_divisible,
+)
 from cnnzoo.registry import Paper, register_model
 
 EFFICIENTNET_PAPER = Paper(
@@ -126,6 +132,12 @@ class MBConv(nn.Module):
         return x + self.stochastic_depth(out) if self.use_residual else out
 
 
+def _uniform_fan_out_linear(layer: nn.Linear) -> None:
+    bound = 1.0 / math.sqrt(layer.out_features)
+    nn.init.uniform_(layer.weight, -bound, bound)
+    nn.init.zeros_(layer.bias)
+
+
 class EfficientNet(ZooModel):
     """EfficientNet (Tan & Le 2019): B0's MBConv stages, compound-scaled."""
 
@@ -174,21 +186,7 @@ class EfficientNet(ZooModel):
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(self.num_features, num_classes),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self, _uniform_fan_out_linear)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

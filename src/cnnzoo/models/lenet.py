@@ -115,13 +115,13 @@ class LeNetCaffe(ZooModel):
         return x if pre_logits else self.fc(x)
 
 
-@register_model(family="lenet", paper=LENET_PAPER, input_size=32)
-def lenet5(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> LeNet5:
+@register_model(family="lenet", paper=LENET_PAPER, input_size=32, num_classes=10, in_chans=1)
+def lenet5(*, num_classes: int = 10, in_chans: int = 1, **kwargs: Any) -> LeNet5:
     """LeNet-5 (LeCun et al. 1998), ReLU/max-pool, dense C3; 32x32 input (28x28 is padded)."""
     return LeNet5(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-@register_model(family="lenet", paper=LENET_PAPER, input_size=28)
-def lenet_caffe(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> LeNetCaffe:
+@register_model(family="lenet", paper=LENET_PAPER, input_size=28, num_classes=10, in_chans=1)
+def lenet_caffe(*, num_classes: int = 10, in_chans: int = 1, **kwargs: Any) -> LeNetCaffe:
     """The 20-50-500 Caffe/Keras LeNet on 28x28 inputs."""
     return LeNetCaffe(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -372,7 +372,13 @@ def wide_resnet_cifar(
 # Registered builders
 # --------------------------------------------------------------------------------------------
 
-_CIFAR = {"family": "resnet_cifar", "input_size": 32, "mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+_CIFAR = {
+    "family": "resnet_cifar",
+    "input_size": 32,
+    "mean": CIFAR10_MEAN,
+    "std": CIFAR10_STD,
+    "num_classes": 10,
+}
 
 
 def _resnet(
@@ -385,73 +391,73 @@ def _resnet(
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet20(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet20(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-20 for CIFAR (He et al. 2015, Table 6): n=3, 0.27 M params."""
     return _resnet(20, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet32(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet32(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-32 for CIFAR (He et al. 2015, Table 6): n=5, 0.46 M params."""
     return _resnet(32, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet44(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet44(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-44 for CIFAR (He et al. 2015, Table 6): n=7, 0.66 M params."""
     return _resnet(44, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet56(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet56(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-56 for CIFAR (He et al. 2015, Table 6): n=9, 0.85 M params."""
     return _resnet(56, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet110(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-110 for CIFAR (He et al. 2015, Table 6): n=18, 1.7 M params."""
     return _resnet(110, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def resnet1202(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def resnet1202(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """ResNet-1202 for CIFAR (He et al. 2015, Table 6): n=200, 19.4 M params."""
     return _resnet(1202, True, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def plain20(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def plain20(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """Plain-20 (He et al. 2015, Fig. 6): ResNet-20 without its shortcuts."""
     return _resnet(20, False, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def plain32(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def plain32(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """Plain-32 (He et al. 2015, Fig. 6): ResNet-32 without its shortcuts."""
     return _resnet(32, False, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def plain44(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def plain44(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """Plain-44 (He et al. 2015, Fig. 6): ResNet-44 without its shortcuts."""
     return _resnet(44, False, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def plain56(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def plain56(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """Plain-56 (He et al. 2015, Fig. 6): ResNet-56 without its shortcuts."""
     return _resnet(56, False, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=RESNET_PAPER, **_CIFAR)
-def plain110(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
+def plain110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> CifarResNet:
     """Plain-110 (He et al. 2015, Section 4.2): ResNet-110 without its shortcuts."""
     return _resnet(110, False, num_classes, in_chans, **kwargs)
 
 
 @register_model(paper=PREACT_PAPER, **_CIFAR)
-def preact_resnet110(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
+def preact_resnet110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
     """Pre-activation ResNet-110 (He et al. 2016, Table 3): 18 basic units per stage, 1.7 M."""
     return PreActResNet(
         PreActBasicBlock, 18, (16, 32, 64), num_classes=num_classes, in_chans=in_chans, **kwargs
@@ -459,7 +465,7 @@ def preact_resnet110(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: An
 
 
 @register_model(paper=PREACT_PAPER, **_CIFAR)
-def preact_resnet164(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
+def preact_resnet164(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
     """Pre-activation ResNet-164 (He et al. 2016, Table 3): 18 bottlenecks per stage, 1.7 M."""
     return PreActResNet(
         PreActBottleneck, 18, (64, 128, 256), num_classes=num_classes, in_chans=in_chans, **kwargs
@@ -467,18 +473,18 @@ def preact_resnet164(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: An
 
 
 @register_model(paper=WRN_PAPER, **_CIFAR)
-def wrn16_8(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
+def wrn16_8(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
     """WRN-16-8 (Zagoruyko & Komodakis 2016, Table 4): 11.0 M params."""
     return wide_resnet_cifar(16, 8, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 @register_model(paper=WRN_PAPER, **_CIFAR)
-def wrn28_10(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
+def wrn28_10(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
     """WRN-28-10 (Zagoruyko & Komodakis 2016, Table 4): 36.5 M params."""
     return wide_resnet_cifar(28, 10, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 @register_model(paper=WRN_PAPER, **_CIFAR)
-def wrn40_4(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
+def wrn40_4(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> PreActResNet:
     """WRN-40-4 (Zagoruyko & Komodakis 2016, Table 4): 8.9 M params."""
     return wide_resnet_cifar(40, 4, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -26,24 +26,31 @@ class RunLog:
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.file: TextIO | None = None
+        self.pending: list[str] = []  # lines logged during set-up, before the run dir is known
 
     def attach(self, path: Path) -> None:
         if self.enabled:
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
+            self._write("".join(line + "\n" for line in self.pending))
+            self.pending = []
+
+    def _write(self, text: str) -> None:
+        if self.file is None:
+            self.pending.extend(text.splitlines())
+        else:
+            self.file.write(text)
+            self.file.flush()
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
             return
         print(message, file=self.stream, flush=True)
-        if self.file is not None:
-            self.file.write(message + "\n")
-            self.file.flush()
+        self._write(message + "\n")
 
     def warn(self, message: str) -> None:
         if self.enabled:
             print(f"warning: {message}", file=sys.stderr, flush=True)
-            if self.file is not None:
-                self.file.write(f"warning: {message}\n")
+            self._write(f"warning: {message}\n")
 
     def close(self) -> None:
         if self.file is not None:

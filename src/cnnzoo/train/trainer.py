@@ -364,12 +364,13 @@ class Trainer:
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
         self.ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+        # Built over every parameter, frozen or not, so that --unfreeze-at finds them there.
+        self.optimizer = build_optimizer(model, cfg)
+        self.schedule = LRSchedule(self.optimizer, cfg, len(self.train_loader))
         self.frozen = False
         self._apply_freeze(0)
         self._wrap()
-
-        self.optimizer = build_optimizer(model, cfg)
-        self.schedule = LRSchedule(self.optimizer, cfg, len(self.train_loader))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
@@ -664,7 +665,8 @@ class Trainer:
                 f"--clip-grad); {saved}"
             )
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
+        """Train one epoch (or its first ``max_steps`` batches, for benchmarks); its stats."""
         cfg = self.config
         loader = self.train_loader
         loader.set_epoch(epoch)
@@ -678,7 +680,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
-        total = len(loader)
+        total = len(loader) if max_steps is None else min(max_steps, len(loader))
         start = time.perf_counter()
         lr = self.schedule.current_lr()
         self.bar.start(f"epoch {epoch + 1}/{cfg.epochs}", total)
@@ -715,6 +717,8 @@ class Trainer:
                             f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:6.2%}"
                             f"  lr {lr:.2e}  {seen * self.dist.world_size / elapsed:,.0f} img/s",
                         )
+                if step == total:
+                    break
         finally:
             self.bar.stop()
         seconds = time.perf_counter() - start
@@ -936,6 +940,12 @@ class Trainer:
             f"top-{result.topk} {100 * result.top5:.2f}%  ({final} weights, "
             f"{metrics['train_seconds']:.1f}s training) -> {self.run_dir}"
         )
+        written = ["metrics.json", "history.csv", "config.json", "train.log"]
+        written += ["history.png", "confusion_matrix.png"] if cfg.plots else []
+        written += ["best.safetensors", "last.safetensors"]
+        self.log(f"wrote {', '.join(written)} in {self.run_dir}/")
+        if cfg.tensorboard:
+            self.log(f"curves: tensorboard --logdir {self.run_dir}")
         return metrics
 
     def _plots(self, result: Any) -> None:
