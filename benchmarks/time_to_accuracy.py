@@ -36,7 +36,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "target": 0.910,
         "config": dict(
             model="lenet5",
-            epochs=12,
+            epochs=15,
             batch_size=128,
             optimizer="adamw",
             lr=3e-3,

@@ -34,7 +34,11 @@ import cnnzoo  # noqa: E402
 from cnnzoo.train import TrainConfig, Trainer  # noqa: E402
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+FILES = tuple(
+    f"{split}-{kind}-ubyte"
+    for split in ("train", "t10k")
+    for kind in ("images-idx3", "labels-idx1")
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--turns", type=int, default=3, help="interleaved turns (default 3)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="also time cnnzoo with --channels-last (a third interleaved variant)",
+    )
     parser.add_argument("--data-dir", type=Path, default=DEBIAN_DIR, help="Fashion-MNIST .gz")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -98,12 +107,20 @@ class TutorialPipeline:
 class ZooPipeline:
     """cnnzoo's Trainer on the same model, optimizer and (unaugmented) data."""
 
-    def __init__(self, model_name: str, data_dir: Path, batch_size: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        data_dir: Path,
+        batch_size: int,
+        workdir: Path,
+        channels_last: bool = False,
+    ) -> None:
         config = TrainConfig(
             model=model_name,
+            channels_last=channels_last,
             dataset="fashion_mnist",
             data_dir=str(data_dir),
-            output_dir=str(workdir / f"run-{model_name}"),
+            output_dir=str(workdir / f"run-{model_name}-{int(channels_last)}"),
             batch_size=batch_size,
             optimizer="adam",
             lr=1e-3,
@@ -147,11 +164,20 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             zoo = ZooPipeline(name, args.data_dir, args.batch_size, workdir)
             tutorial = TutorialPipeline(name, root, args.batch_size)
-            zoo.run(5), tutorial.run(5)  # warm-up: allocator, oneDNN kernels, first batches
-            zoo_speeds, tutorial_speeds = [], []
+            nhwc = (
+                ZooPipeline(name, args.data_dir, args.batch_size, workdir, channels_last=True)
+                if args.channels_last
+                else None
+            )
+            for pipeline in (zoo, tutorial, nhwc):  # warm-up: allocator, kernels, first batches
+                if pipeline is not None:
+                    pipeline.run(5)
+            zoo_speeds, tutorial_speeds, nhwc_speeds = [], [], []
             for _ in range(args.turns):
                 zoo_speeds.append(zoo.run(args.steps))
                 tutorial_speeds.append(tutorial.run(args.steps))
+                if nhwc is not None:
+                    nhwc_speeds.append(nhwc.run(args.steps))
             row = {
                 "model": name,
                 "batch_size": args.batch_size,
@@ -163,12 +189,22 @@ def main(argv: list[str] | None = None) -> int:
                 "tutorial_all": tutorial_speeds,
             }
             row["ratio"] = row["cnnzoo_img_s"] / row["tutorial_img_s"]
-            results.append(row)
-            print(
-                f"{name:<10} cnnzoo {row['cnnzoo_img_s']:>9,.0f} img/s   tutorial "
-                f"{row['tutorial_img_s']:>7,.0f} img/s   ratio {row['ratio']:5.1f}x",
-                flush=True,
+            line = (
+                f"{name:<10} tutorial {row['tutorial_img_s']:>7,.0f} img/s   cnnzoo "
+                f"{row['cnnzoo_img_s']:>7,.0f} img/s ({row['ratio']:4.1f}x)"
             )
+            if nhwc_speeds:
+                row["cnnzoo_channels_last_img_s"] = statistics.median(nhwc_speeds)
+                row["channels_last_all"] = nhwc_speeds
+                row["ratio_channels_last"] = (
+                    row["cnnzoo_channels_last_img_s"] / row["tutorial_img_s"]
+                )
+                line += (
+                    f"   cnnzoo --channels-last {row['cnnzoo_channels_last_img_s']:>7,.0f} img/s "
+                    f"({row['ratio_channels_last']:4.1f}x)"
+                )
+            results.append(row)
+            print(line, flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -342,6 +342,10 @@ def _onnxruntime_runner(
         _quiet_onnx_export(model, example, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # ONNX Runtime's workers busy-wait after each run by default, taking the cores from
+        # whatever PyTorch runs next; a library call must not slow its caller's other work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
