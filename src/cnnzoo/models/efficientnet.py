@@ -17,13 +17,8 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
-from cnnzoo.models.mobilenet import (
-    ConvBNAct,
-    NormLayer,
-    SqueezeExcite,
-    init_mobile_weights,
-    make_divisible,
-)
+from cnnzoo.models.layers import SqueezeExcite
+from cnnzoo.models.mobilenet import ConvBNAct, NormLayer, init_mobile_weights, make_divisible
 from cnnzoo.registry import Paper, register_model
 
 EFFICIENTNET_PAPER = Paper(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.layers import ActLayer, SqueezeExcite
 from cnnzoo.registry import Paper, register_model
 
 MOBILENET_V2_PAPER = Paper(
@@ -26,7 +27,6 @@ MOBILENET_V2_PAPER = Paper(
 MOBILENET_V3_PAPER = Paper("Searching for MobileNetV3", 2019, "1905.02244")
 
 NormLayer = Callable[[int], nn.Module]
-ActLayer = Callable[..., nn.Module]
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -70,28 +70,6 @@ class ConvBNAct(nn.Sequential):
             layers.append(act_layer(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
-
-
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation (Hu et al. 2017) with 1x1 convolutions as the two FC layers."""
-
-    def __init__(
-        self,
-        channels: int,
-        squeeze_channels: int,
-        act_layer: ActLayer = nn.ReLU,
-        gate_layer: ActLayer = nn.Sigmoid,
-    ) -> None:
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
-        self.activation = act_layer()
-        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
-        self.scale_activation = gate_layer()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.fc2(self.activation(self.fc1(self.avgpool(x))))
-        return x * self.scale_activation(scale)
 
 
 def init_mobile_weights(model: nn.Module, linear_init: Callable[[nn.Linear], None]) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.layers import SqueezeExcite
 from cnnzoo.registry import Paper, register_model
 
 RESNET_PAPER = Paper("Deep Residual Learning for Image Recognition", 2015, "1512.03385")
@@ -37,7 +37,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 def squeeze_excite(channels: int, se: bool) -> nn.Module | None:
-    return SqueezeExcitation(channels, channels // SE_REDUCTION) if se else None
+    return SqueezeExcite(channels, channels // SE_REDUCTION) if se else None
 
 
 class BasicBlock(nn.Module):
