@@ -962,6 +962,6 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` (any :class:`TrainConfig` field as a keyword); the metrics.
 
-    >>> metrics = cnnzoo.fit("lenet5", "digits", epochs=5, output_dir="runs/lenet-digits")
+    >>> metrics = cnnzoo.fit("lenet5", "digits", epochs=5, lr=3e-3, batch_size=32, augment="none")
     """
     return Trainer(TrainConfig(model=model, dataset=dataset, epochs=epochs, **kwargs)).fit()
