@@ -28,6 +28,13 @@ def pretrained(tmp_path_factory) -> Path:
     return run / "last.safetensors"
 
 
+def fine_tune(run: Path, pretrained: Path, **options: object) -> Path:
+    """resnet20 on digits from ``pretrained`` with a frozen backbone (plus ``options``)."""
+    fit(model="resnet20", output_dir=str(run), pretrained=str(pretrained), freeze="backbone",
+        **DIGITS, **options)  # fmt: skip
+    return run
+
+
 def _backbone_and_head(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     head = {k: v for k, v in weights.items() if k.startswith("fc.")}
     backbone = {k: v for k, v in weights.items() if not k.startswith("fc.")}
@@ -35,15 +42,7 @@ def _backbone_and_head(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 
 
 def test_frozen_backbone_keeps_pretrained_weights_and_statistics(tmp_path, pretrained) -> None:
-    run = tmp_path / "frozen"
-    fit(
-        model="resnet20",
-        epochs=1,
-        output_dir=str(run),
-        pretrained=str(pretrained),
-        freeze="backbone",
-        **DIGITS,
-    )
+    run = fine_tune(tmp_path / "frozen", pretrained, epochs=1)
     before_backbone, before_head = _backbone_and_head(load_file(pretrained))
     after_backbone, after_head = _backbone_and_head(load_file(run / "last.safetensors"))
     # Weights and BatchNorm running statistics of the backbone are untouched (norms in eval).
@@ -57,16 +56,7 @@ def test_frozen_backbone_keeps_pretrained_weights_and_statistics(tmp_path, pretr
 
 
 def test_unfreeze_at_trains_the_whole_network_from_that_epoch(tmp_path, pretrained) -> None:
-    run = tmp_path / "unfrozen"
-    fit(
-        model="resnet20",
-        epochs=2,
-        output_dir=str(run),
-        pretrained=str(pretrained),
-        freeze="backbone",
-        unfreeze_at=2,
-        **DIGITS,
-    )
+    run = fine_tune(tmp_path / "unfrozen", pretrained, epochs=2, unfreeze_at=2)
     before, _ = _backbone_and_head(load_file(pretrained))
     after, _ = _backbone_and_head(load_file(run / "last.safetensors"))
     assert not torch.equal(after["conv1.weight"], before["conv1.weight"])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import UsageError
-from cnnzoo.registry import get_entry, list_models, unknown_model_message
+from cnnzoo.registry import list_models, unknown_model_message
 
 
 @dataclass
@@ -70,13 +70,7 @@ def row_from_run(run_dir: str | Path) -> CompareRow:
     )
 
 
-def compare(
-    items: Sequence[str],
-    *,
-    output_dir: str | Path,
-    train: Callable[..., dict[str, Any]] | None = None,
-    **recipe: Any,
-) -> list[CompareRow]:
+def compare(items: Sequence[str], *, output_dir: str | Path, **recipe: Any) -> list[CompareRow]:
     """Train each model name in ``items`` with ``recipe`` (TrainConfig fields) into
     ``output_dir/NAME``, or read each finished run directory; write compare.json, compare.csv and
     the accuracy-vs-multiply-adds scatter ``compare.png`` into ``output_dir``."""
@@ -86,15 +80,13 @@ def compare(
     check_items(items)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train = train or fit
     rows = []
     for item in items:
         if is_run_dir(item):
             rows.append(row_from_run(item))
             continue
-        get_entry(item)
         run_dir = output_dir / item
-        train(model=item, output_dir=str(run_dir), **recipe)
+        fit(model=item, output_dir=str(run_dir), **recipe)
         rows.append(row_from_run(run_dir))
     table = [asdict(row) for row in rows]
     (output_dir / "compare.json").write_text(json.dumps(table, indent=2) + "\n")
