@@ -114,16 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         info = machine_info(measure=False)
         print(header(info))
         print(f"recipe {args.recipe}: {json.dumps(fields)}; target {100 * target:.1f} %")
-        test_loader = make_loader(
-            trainer.bundle,
-            "test",
-            batch_size=1024,
-            image_size=trainer.image_size,
-            mean=trainer.mean,
-            std=trainer.std,
-            device=trainer.device,
-            channels_last=config.channels_last,
-        )
+        test_loader = make_loader(trainer.bundle, "test", batch_size=1024, **trainer.loader_options)
         scoring = 0.0
         epochs: list[dict[str, float]] = []
         reached_at: float | None = None

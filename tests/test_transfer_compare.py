@@ -30,8 +30,11 @@ def pretrained(tmp_path_factory) -> Path:
 
 def fine_tune(run: Path, pretrained: Path, **options: object) -> Path:
     """resnet20 on digits from ``pretrained`` with a frozen backbone (plus ``options``)."""
-    fit(model="resnet20", output_dir=str(run), pretrained=str(pretrained), freeze="backbone",
-        **DIGITS, **options)  # fmt: skip
+    metrics = fit(model="resnet20", output_dir=str(run), pretrained=str(pretrained),
+                  freeze="backbone", **DIGITS, **options)  # fmt: skip
+    # The run scores its test split with the statistics it trained with (ImageNet's), as a
+    # later `cnnzoo evaluate` of the run does.
+    assert evaluate_run(run)[0].top1 == pytest.approx(metrics["test_top1"], abs=1e-9)
     return run
 
 

@@ -26,17 +26,17 @@ class RunLog:
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.file: TextIO | None = None
-        self.pending: list[str] = []  # lines logged during set-up, before the run dir is known
+        self.pending: list[str] = []  # text logged during set-up, before the run dir is known
 
     def attach(self, path: Path) -> None:
         if self.enabled:
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
-            self._write("".join(line + "\n" for line in self.pending))
+            self._write("".join(self.pending))
             self.pending = []
 
     def _write(self, text: str) -> None:
         if self.file is None:
-            self.pending.extend(text.splitlines())
+            self.pending.append(text)
         else:
             self.file.write(text)
             self.file.flush()

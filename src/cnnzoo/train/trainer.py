@@ -313,13 +313,15 @@ class Trainer:
             replace(cfg, model_kwargs=kwargs, resume=None, overwrite=False).save(
                 self.run_dir / "config.json", data=self._data_facts()
             )
-        common = dict(
+        # What every split's batches share: size, normalisation, device, layout.
+        self.loader_options = dict(
             image_size=self.image_size,
             mean=self.mean,
             std=self.std,
             device=self.device,
             seed=cfg.seed,
             channels_last=cfg.channels_last,
+            num_workers=cfg.num_workers,
         )
         per_rank = math.ceil(len(bundle.train) / self.dist.world_size)
         self.train_loader = make_loader(
@@ -330,10 +332,9 @@ class Trainer:
             augment=cfg.augment,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            num_workers=cfg.num_workers,
             # A last batch of one sample would break BatchNorm in training mode.
             drop_last=per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1,
-            **common,
+            **self.loader_options,
         )
         self.val_loader = (
             make_loader(
@@ -342,8 +343,7 @@ class Trainer:
                 batch_size=cfg.batch_size,
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
-                num_workers=cfg.num_workers,
-                **common,
+                **self.loader_options,
             )
             if bundle.val is not None and len(bundle.val) > 0
             else None
@@ -889,15 +889,7 @@ class Trainer:
 
         cfg = self.config
         bundle = self.bundle
-        test_loader = make_loader(
-            bundle,
-            "test",
-            batch_size=cfg.batch_size,
-            image_size=self.image_size,
-            device=self.device,
-            num_workers=cfg.num_workers,
-            channels_last=cfg.channels_last,
-        )
+        test_loader = make_loader(bundle, "test", batch_size=cfg.batch_size, **self.loader_options)
         with self._autocast():
             result = evaluate_model(
                 model,
