@@ -36,14 +36,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "target": 0.910,
         "config": dict(
             model="lenet5",
-            epochs=15,
+            epochs=12,
             batch_size=128,
             optimizer="adamw",
             lr=3e-3,
             weight_decay=0.05,
             schedule="onecycle",
             augment="flip",
-            channels_last=True,  # +35 % images/s for LeNet-5 on this CPU (measured)
+            # Both reached 91 % an epoch or two earlier in a sweep over seeds 0 and 1.
+            label_smoothing=0.1,
+            ema_decay=0.998,
         ),
     },
     "resnet18": {

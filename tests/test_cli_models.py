@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +27,20 @@ def test_models_lists_matching_names(capsys: pytest.CaptureFixture[str]) -> None
     assert "2 models" in out
     code, out, _ = run(capsys, "models", "net_b0")  # no wildcard: a substring
     assert code == 0 and "efficientnet_b0" in out and out.splitlines()[0].strip() == "1 model"
+
+
+def test_python_dash_m_cnnzoo_is_the_command_line() -> None:
+    """`python -m cnnzoo` (what `torchrun -m cnnzoo` runs) behaves like the `cnnzoo` script."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnzoo", "models", "lenet5"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "lenet5" in done.stdout and "1 model" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnzoo", "models", "--family", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "unknown family 'nope'" in done.stderr
 
 
 def test_models_by_family_with_figures(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from cnnzoo import create_model
+from cnnzoo.models.layers import WholeInputConv2d
 from cnnzoo.registry import get_entry
 
 
@@ -57,6 +58,49 @@ def test_lenet5_param_count_and_layer_shapes():
         "fc": (10,),
     }
     assert model.default_cfg["input_size"] == (1, 32, 32)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lenet5_fast_forward_equals_the_textbook_order(channels_last: bool):
+    """Pool-then-ReLU and C5 as a matrix product give the same logits and gradients as
+    conv -> ReLU -> pool with C5 as a convolution."""
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_chans=1)
+    x = torch.randn(16, 1, 28, 28)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def textbook(x: torch.Tensor) -> torch.Tensor:
+        m = model
+        x = nn.functional.pad(x, (2, 2, 2, 2))
+        x = m.pool1(nn.functional.relu(m.conv1(x)))
+        x = m.pool2(nn.functional.relu(m.conv2(x)))
+        x = nn.functional.relu(nn.functional.conv2d(x, m.conv3.weight, m.conv3.bias))
+        return m.fc(nn.functional.relu(m.fc1(x.flatten(1))))
+
+    def logits_and_grads(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = forward(x)
+        nn.functional.cross_entropy(out, torch.arange(16) % 10).backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    fast_out, fast_grads = logits_and_grads(model)
+    ref_out, ref_grads = logits_and_grads(textbook)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-5, atol=1e-6)
+    for fast, ref in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_whole_input_conv_is_a_conv_on_any_input():
+    torch.manual_seed(0)
+    conv = WholeInputConv2d(4, 7, kernel_size=3)
+    for size in (3, 6):  # the matrix-product path, then the ordinary convolution
+        x = torch.randn(2, 4, size, size)
+        torch.testing.assert_close(
+            conv(x), nn.functional.conv2d(x, conv.weight, conv.bias), rtol=1e-5, atol=1e-6
+        )
+    assert set(conv.state_dict()) == {"weight", "bias"}
 
 
 def test_lenet5_pads_28px_images_to_32_like_the_paper():

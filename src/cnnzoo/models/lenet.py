@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.layers import WholeInputConv2d
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["LeNet5", "LeNetCaffe", "lenet5", "lenet_caffe"]
@@ -46,7 +47,7 @@ class LeNet5(ZooModel):
         self.pool1 = nn.MaxPool2d(2)  # S2: 28 -> 14
         self.conv2 = nn.Conv2d(6, 16, kernel_size=5)  # C3: 14 -> 10
         self.pool2 = nn.MaxPool2d(2)  # S4: 10 -> 5
-        self.conv3 = nn.Conv2d(16, 120, kernel_size=5)  # C5: 5 -> 1
+        self.conv3 = WholeInputConv2d(16, 120, kernel_size=5)  # C5: 5 -> 1, a matrix product
         self.fc1 = nn.Linear(120, 84)  # F6
         self.fc = nn.Linear(84, num_classes)
 
@@ -68,8 +69,10 @@ class LeNet5(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pad_to_32(x)
-        x = self.pool1(F.relu(self.conv1(x)))
-        x = self.pool2(F.relu(self.conv2(x)))
+        # Max-pooling commutes with ReLU (both are monotone), so pooling first gives the same
+        # values and gradients while the ReLU touches a quarter of the elements.
+        x = F.relu(self.pool1(self.conv1(x)))
+        x = F.relu(self.pool2(self.conv2(x)))
         return F.relu(self.conv3(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
