@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 
 import pytest
 
+from cnnzoo.analysis import zoo_table
 from cnnzoo.cli.main import main
 from cnnzoo.cli.models_cmd import parse_input_size
 from cnnzoo.errors import UsageError
@@ -41,6 +43,41 @@ def test_python_dash_m_cnnzoo_is_the_command_line() -> None:
         text=True,
     )
     assert done.returncode == 2 and "unknown family 'nope'" in done.stderr
+
+
+def test_models_figures_are_cached_until_the_code_changes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    computed: list[str] = []
+    real_compute = zoo_table.compute_figures
+
+    def counting(name: str) -> zoo_table.ModelFigures:
+        computed.append(name)
+        return real_compute(name)
+
+    monkeypatch.setattr(zoo_table, "compute_figures", counting)
+    code, first, _ = run(capsys, "models", "lenet*", "--no-progress")
+    assert code == 0 and computed == ["lenet5", "lenet_caffe"]
+    stored = json.loads((tmp_path / "tables" / "models.json").read_text())
+    assert stored["lenet5"]["figures"]["params"] == 61_706
+
+    code, second, _ = run(capsys, "models", "lenet*", "--no-progress")  # from the cache
+    assert code == 0 and second == first and len(computed) == 2
+
+    monkeypatch.setattr(zoo_table, "figures_key", lambda name: "code changed")
+    code, third, _ = run(capsys, "models", "lenet5", "--no-progress")
+    assert code == 0 and computed[2:] == ["lenet5"] and third.splitlines()[0].strip() == "1 model"
+
+
+def test_models_works_when_the_cache_cannot_be_written(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("CNNZOO_CACHE", str(blocker))
+    code, out, err = run(capsys, "models", "lenet5", "--no-progress")
+    assert code == 0 and "0.06 M" in out and err == ""
 
 
 def test_models_by_family_with_figures(capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("pattern", nargs="?", default="*", help="e.g. 'resnet*' or 'vgg'")
     p.add_argument("--family", help="only this family (e.g. resnet, vgg, efficientnet)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar while counting (first run)"
+    )
     p.set_defaults(run=run_models)
 
     p = subparsers.add_parser(
@@ -75,7 +78,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from cnnzoo.analysis.flops import count_macs
+    from cnnzoo.analysis.zoo_table import model_figures
     from cnnzoo.registry import get_entry, list_models
 
     pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
@@ -99,20 +102,17 @@ def run_models(args: argparse.Namespace) -> int:
     table.add_column("input", justify="right")
     table.add_column("min", justify="right")
     table.add_column("top-1", justify="right")
+    figures = model_figures(names, progress=not args.no_progress)
     for name in names:
         entry = get_entry(name)
-        with torch.device("meta"):
-            model = entry.builder()
-        params = sum(p.numel() for p in model.parameters())
-        macs = count_macs(model)
-        side = model.default_cfg["input_size"][-1]
+        row = figures[name]
         table.add_row(
             name,
             entry.family,
-            f"{params / 1e6:.2f} M",
-            f"{macs / 1e9:.3f}",
-            str(side),
-            str(model.min_input_size),
+            f"{row.params / 1e6:.2f} M",
+            f"{row.macs / 1e9:.3f}",
+            str(row.input_side),
+            str(row.min_input_size),
             f"{entry.imagenet_top1:.2f}" if entry.imagenet_top1 is not None else "--",
         )
     _console().print(table)
