@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
-from cnnzoo.analysis.plots import plot_confusion_matrix, plot_prediction_grid, plot_topk_bars
 from cnnzoo.analysis.predict import (
     Prediction,
     class_names_of,
@@ -201,6 +200,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"eval_{args.split}.json"
     json_path.write_text(json.dumps({**info, **result.to_dict()}, indent=2) + "\n")
+    from cnnzoo.analysis.plots import plot_confusion_matrix  # matplotlib: 0.4 s to import
+
     png_path = plot_confusion_matrix(
         result.confusion, result.names(), out_dir / f"confusion_{args.split}.png"
     )
@@ -244,6 +245,8 @@ def write_prediction_plots(
     predictions: list[Prediction], class_names: list[str], out_dir: Path, topk: int
 ) -> list[Path]:
     """A top-k bar chart per image plus one grid; returns the files written."""
+    from cnnzoo.analysis.plots import plot_prediction_grid, plot_topk_bars
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, p in enumerate(predictions):
