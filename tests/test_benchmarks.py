@@ -1,0 +1,86 @@
+"""The benchmark scripts run end to end and write consistent results (tiny settings, no timings
+asserted: speed targets are read from the scripts' own output, see README "Performance")."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnzoo.data import load_dataset
+from cnnzoo.errors import DataError
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def fashion_dir() -> Path:
+    """Where the Fashion-MNIST files are; CI has the Debian package, so never skip there."""
+    try:
+        return Path(load_dataset("fashion_mnist", val_split=0).source)
+    except DataError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_infer_benchmark_compares_three_variants_with_checked_outputs(tmp_path) -> None:
+    out = tmp_path / "infer.json"
+    done = run_script(
+        "infer.py", "--models", "mobilenet_v2", "--batches", "1", "--size", "64",
+        "--repeats", "1", "--warmup", "1", "--no-compile", "--out", str(out),
+    )  # fmt: skip
+    assert "machine:" in done.stdout and "matmul" in done.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    speeds = row["images_per_s"]
+    assert set(speeds) == {"torchvision", "cnnzoo", "optimized"} and min(speeds.values()) > 0
+    assert row["ratio_to_torchvision"]["cnnzoo"] == pytest.approx(
+        speeds["cnnzoo"] / speeds["torchvision"]
+    )
+    assert row["gflops"]["cnnzoo"] == pytest.approx(2 * row["gmacs_per_image"] * speeds["cnnzoo"])
+    assert row["cnnzoo_vs_torchvision_max_abs_diff"] == 0.0  # same weights, same math
+    assert row["optimized"]["max_abs_diff"] < 1e-3
+
+
+def test_train_benchmark_steady_state_and_end_to_end(tmp_path, fashion_dir: Path) -> None:
+    out = tmp_path / "train.json"
+    run_script(
+        "train.py", "--models", "lenet5", "--steps", "3", "--turns", "2", "--nchw",
+        "--data-dir", str(fashion_dir), "--out", str(out),
+    )  # fmt: skip
+    (row,) = json.loads(out.read_text())["results"]
+    assert len(row["cnnzoo_all"]) == len(row["tutorial_all"]) == len(row["cnnzoo_nchw_all"]) == 2
+    assert row["ratio"] == pytest.approx(row["cnnzoo_img_s"] / row["tutorial_img_s"])
+    assert min(row["cnnzoo_all"] + row["tutorial_all"] + row["cnnzoo_nchw_all"]) > 0
+
+
+def test_train_benchmark_rejects_nonsense_counts() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train.py"), "--steps", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "--steps must be >= 1" in done.stderr
+
+
+def test_time_to_accuracy_stops_at_the_target(tmp_path, fashion_dir: Path) -> None:
+    out = tmp_path / "tta.json"
+    # One epoch of LeNet-5 is far above 50 %: the run must stop after the first epoch.
+    done = run_script("time_to_accuracy.py", "--epochs", "3", "--target", "0.5", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert len(result["epochs"]) == 1 and result["epochs"][0]["test_top1"] >= 0.5
+    assert math.isclose(result["reached_seconds"], result["epochs"][0]["train_seconds_total"])
+    assert "50.0 % reached after 1 epochs" in done.stdout
