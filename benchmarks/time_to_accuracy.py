@@ -61,6 +61,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             weight_decay=5e-4,
             schedule="onecycle",
             augment="crop_flip",
+            random_erasing=0.5,  # Zhong et al. 2017 report gains on Fashion-MNIST for every net
             label_smoothing=0.1,
             channels_last=True,
         ),

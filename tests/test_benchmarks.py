@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from cnnzoo import TrainConfig, create_model
 from cnnzoo.data import load_dataset
 from cnnzoo.errors import DataError
 
@@ -84,3 +86,19 @@ def test_time_to_accuracy_stops_at_the_target(tmp_path, fashion_dir: Path) -> No
     assert len(result["epochs"]) == 1 and result["epochs"][0]["test_top1"] >= 0.5
     assert math.isclose(result["reached_seconds"], result["epochs"][0]["train_seconds_total"])
     assert "50.0 % reached after 1 epochs" in done.stdout
+
+
+def test_every_time_to_accuracy_recipe_is_a_valid_run() -> None:
+    """The recipes not run in CI (ResNet-18 takes hours on a CPU) still build and validate."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from time_to_accuracy import RECIPES
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    for name, recipe in RECIPES.items():
+        config = TrainConfig(dataset="fashion_mnist", **recipe["config"]).resolved()
+        config.validate()
+        with torch.device("meta"):
+            model = create_model(config.model, num_classes=10, in_chans=1, **config.model_kwargs)
+            assert model(torch.empty(2, 1, 28, 28)).shape == (2, 10), name
+        assert 0.9 <= recipe["target"] < 1

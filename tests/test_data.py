@@ -26,7 +26,7 @@ from cnnzoo.data import (
     read_image,
     stratified_split,
 )
-from cnnzoo.data.augment import random_crop, random_flip
+from cnnzoo.data.augment import random_crop, random_erasing, random_flip
 from cnnzoo.errors import DataError, UsageError
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -316,6 +316,36 @@ def test_flips_flip() -> None:
     same = (out == x).flatten(1).all(dim=1)
     assert bool((flipped ^ same).all())
     assert 16 < int(flipped.sum()) < 48
+
+
+def test_random_erasing_replaces_one_box_per_chosen_image() -> None:
+    x = torch.full((400, 3, 20, 24), 1000.0)  # noise never reaches 1000: erased pixels show
+    out = random_erasing(x, torch.Generator().manual_seed(0), p=0.5)
+    erased = out != 1000.0
+    assert torch.equal(erased[:, 0], erased[:, 1]) and torch.equal(erased[:, 0], erased[:, 2])
+    hit = erased[:, 0].flatten(1).any(dim=1)
+    assert 150 < int(hit.sum()) < 250  # p = 0.5 of 400
+    for mask in erased[hit, 0]:
+        rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert int(mask.sum()) == height * width  # one solid rectangle
+        assert 0.5 * 0.02 <= height * width / (20 * 24) <= 1.5 / 3  # the area range, rounded
+    values = out[hit][erased[hit]]
+    assert abs(values.mean().item()) < 0.05 and abs(values.std().item() - 1) < 0.05
+    again = random_erasing(x, torch.Generator().manual_seed(0), p=0.5)
+    assert torch.equal(out, again)
+    assert torch.equal(random_erasing(x, torch.Generator().manual_seed(0), p=0.0), x)
+
+
+def test_random_erasing_only_on_training_batches() -> None:
+    bundle = index_bundle(200)
+    options = dict(batch_size=100, augment="none", random_erasing=1.0)
+    erased = torch.cat([x for x, _ in make_loader(bundle, "train", train=True, **options)])
+    plain = torch.cat([x for x, _ in make_loader(bundle, "test", **options)])
+    assert torch.equal(plain.to(torch.uint8), bundle.test.images)
+    assert bool((erased != erased.round()).flatten(1).any(dim=1).all())  # noise in every image
+    with pytest.raises(UsageError, match="random-erasing must be in"):
+        make_loader(bundle, "train", train=True, batch_size=10, random_erasing=1.5)
 
 
 def test_ddp_shards_are_disjoint_and_cover_everything() -> None:

@@ -183,6 +183,7 @@ def test_refuses_a_directory_holding_another_run(tmp_path: Path, capsys) -> None
         (["--model", "lenet"], "did you mean lenet5"),
         (["--dataset", "fashion_mnst"], "fashion_mnist"),
         (["--val-split", "1.5"], "val-split must be in [0, 1)"),
+        (["--random-erasing", "2"], "random-erasing must be in [0, 1]"),
     ],
 )
 def test_bad_requests_exit_2_with_one_line(

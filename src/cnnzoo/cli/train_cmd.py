@@ -121,6 +121,12 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--download", action="store_true", help="download a missing dataset")
     data.add_argument("--val-split", type=float, help="fraction of train held out (default 0.1)")
     data.add_argument("--augment", choices=AUGMENTS, help="train augmentation (default auto)")
+    data.add_argument(
+        "--random-erasing",
+        type=float,
+        metavar="P",
+        help="erase a random box of each training image with probability P (default 0)",
+    )
     data.add_argument("--num-workers", type=int, help="decoding workers for image folders")
 
     opt = p.add_argument_group("optimisation")

@@ -86,3 +86,36 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 1:
         return x.mean(dim=1, keepdim=True)
     raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def random_erasing(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    p: float = 0.5,
+    *,
+    scale: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017) of a normalised float batch (B, C, H, W).
+
+    With probability ``p`` an image gets one rectangle (area fraction from ``scale``, aspect
+    log-uniform in ``ratio``, the same on every channel) replaced by per-pixel standard-normal
+    noise, which is what random pixel values look like after normalisation. All boxes are drawn
+    at once and applied with one ``where``; the noise is drawn on the batch's device.
+    """
+    b, _, h, w = x.shape
+    erase = torch.rand(b, generator=generator) < p
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator) * (h * w)
+    log_ratio = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    box_h = (area * log_ratio.exp()).sqrt().round().clamp(1, h).long()
+    box_w = (area / log_ratio.exp()).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(b, generator=generator) * (h - box_h + 1)).long()
+    left = (torch.rand(b, generator=generator) * (w - box_w + 1)).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])  # (B, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]  # (B, H, W)
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    noise_generator = torch.Generator(device=x.device).manual_seed(noise_seed)
+    noise = torch.randn(x.shape, generator=noise_generator, device=x.device, dtype=x.dtype)
+    return torch.where(mask[:, None].to(x.device), noise, x)

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from cnnzoo.data.augment import (
     convert_channels,
     random_crop,
+    random_erasing,
     random_flip,
     random_resized_crop,
     resize,
@@ -90,6 +91,7 @@ class BatchLoader:
         world_size: int,
         drop_last: bool,
         channels_last: bool,
+        random_erasing: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be positive, got {batch_size}")
@@ -97,6 +99,8 @@ class BatchLoader:
             raise UsageError(f"rank {rank} is not in a world of size {world_size}")
         if augment not in AUGMENTS:
             raise UsageError(f"unknown augment {augment!r}; choose from {', '.join(AUGMENTS)}")
+        if not 0 <= random_erasing <= 1:
+            raise UsageError(f"random-erasing must be in [0, 1], got {random_erasing}")
         if channels not in (None, 1, 3):
             raise UsageError(f"channels must be 1 or 3, got {channels}")
         self.bundle = bundle
@@ -112,6 +116,7 @@ class BatchLoader:
         self.world_size = world_size
         self.drop_last = drop_last
         self.channels_last = channels_last
+        self.erase_p = random_erasing if train else 0.0
         self.epoch = 0
         self.output_size = (image_size, image_size) if image_size else None
         self._scale, self._shift = self._normaliser(mean, std)
@@ -170,13 +175,19 @@ class BatchLoader:
             order = order[: self._batches * self.batch_size]
         return order
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 or float [0, 255] batch on device -> resized, channel-converted, normalised."""
+    def _erasing_generator(self) -> torch.Generator:
+        return _generator(self.seed, self.epoch, self.rank, 3)
+
+    def _finish(self, x: torch.Tensor, erasing: torch.Generator) -> torch.Tensor:
+        """uint8 or float [0, 255] batch on device -> resized, channel-converted, normalised
+        (then randomly erased, on a training loader asked to)."""
         x = x.float()
         if self.output_size is not None:
             x = resize(x, self.output_size)
         x = convert_channels(x, self.channels)
         x = x * self._scale + self._shift
+        if self.erase_p > 0:
+            x = random_erasing(x, erasing, self.erase_p)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -205,6 +216,7 @@ class TensorBatchLoader(BatchLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.epoch_indices().to(self.device)
         augment = _generator(self.seed, self.epoch, self.rank, 1)
+        erasing = self._erasing_generator()
         for batch in order.split(self.batch_size):
             with _one_thread(self.device):
                 x = self.images[batch]
@@ -215,7 +227,7 @@ class TensorBatchLoader(BatchLoader):
                 if self.augment == "rrc":
                     size = self.output_size or (x.shape[-2], x.shape[-1])
                     x = random_resized_crop(x.float(), size, augment)
-                x, y = self._finish(x), self.labels[batch]
+                x, y = self._finish(x, erasing), self.labels[batch]
             yield x, y
 
     def images_for_display(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -290,6 +302,7 @@ class FolderBatchLoader(BatchLoader):
             persistent_workers=False,
         )
         bad = 0
+        erasing = self._erasing_generator()
         for images, labels, ok in loader:
             if not bool(ok.all()):
                 bad += int((~ok).sum())
@@ -298,7 +311,7 @@ class FolderBatchLoader(BatchLoader):
                     continue
             images = images.to(self.device, non_blocking=True)
             with _one_thread(self.device):
-                x = self._finish(images)
+                x = self._finish(images, erasing)
             yield x, labels.to(self.device, non_blocking=True)
         if bad:
             self.bad_samples += bad
@@ -332,6 +345,7 @@ def make_loader(
     num_workers: int | None = None,
     channels_last: bool = False,
     crop_padding: int | None = None,
+    random_erasing: float = 0.0,
 ) -> BatchLoader:
     """A loader for ``bundle``'s ``split``; ``train=True`` shuffles and augments.
 
@@ -339,6 +353,7 @@ def make_loader(
     crop + flip) | auto (the bundle's default). ``image_size`` resizes batches (bilinear, no
     antialias when enlarging); ``channels`` converts grey <-> RGB; ``mean``/``std`` default to
     the bundle's train statistics. ``crop_padding`` defaults to 4 (one eighth below 24 px).
+    ``random_erasing``: the probability that a training image gets a random-erasing box.
     """
     common = dict(
         batch_size=batch_size,
@@ -354,6 +369,7 @@ def make_loader(
         world_size=world_size,
         drop_last=drop_last,
         channels_last=channels_last,
+        random_erasing=random_erasing,
     )
     if bundle.in_memory:
         return TensorBatchLoader(bundle, split, crop_padding=crop_padding, **common)

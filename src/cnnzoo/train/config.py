@@ -53,6 +53,7 @@ class TrainConfig:
     download: bool = False
     val_split: float = 0.1
     augment: str = "auto"
+    random_erasing: float = 0.0  # probability per training image (Zhong et al. 2017)
     num_workers: int | None = None
     # optimisation
     optimizer: str = "adamw"
@@ -140,6 +141,8 @@ class TrainConfig:
             non_negative("weight_decay", self.weight_decay)
         if not 0 <= self.val_split < 1:
             raise UsageError(f"val-split must be in [0, 1), got {self.val_split}")
+        if not 0 <= self.random_erasing <= 1:
+            raise UsageError(f"random-erasing must be in [0, 1], got {self.random_erasing}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:

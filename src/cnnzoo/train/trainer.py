@@ -330,6 +330,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             train=True,
             augment=cfg.augment,
+            random_erasing=cfg.random_erasing,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             # A last batch of one sample would break BatchNorm in training mode.
