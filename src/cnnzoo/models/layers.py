@@ -47,6 +47,7 @@ class WholeInputConv2d(nn.Conv2d):
             x.dim() == 4
             and tuple(x.shape[-2:]) == self.kernel_size
             and self.padding == (0, 0)
+            and self.dilation == (1, 1)
             and self.groups == 1
         ):
             # flatten(1) reads (C, H, W) in logical order, matching weight.flatten(1), whatever
