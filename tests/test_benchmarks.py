@@ -96,8 +96,9 @@ def test_every_time_to_accuracy_recipe_is_a_valid_run() -> None:
     finally:
         sys.path.remove(str(BENCHMARKS))
     for name, recipe in RECIPES.items():
+        for fields in (recipe["config"], {**recipe["config"], **recipe.get("cuda", {})}):
+            TrainConfig(dataset="fashion_mnist", **fields).resolved().validate()
         config = TrainConfig(dataset="fashion_mnist", **recipe["config"]).resolved()
-        config.validate()
         with torch.device("meta"):
             model = create_model(config.model, num_classes=10, in_chans=1, **config.model_kwargs)
             assert model(torch.empty(2, 1, 28, 28)).shape == (2, 10), name
