@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cnnzoo.analysis.flops import count_macs
 from cnnzoo.reference import Figure, reference
 from cnnzoo.registry import ModelEntry, get_entry, list_models
+from cnnzoo.train.progress import each_with_bar
 
 OK, MISMATCH, NA, ERROR = "ok", "MISMATCH", "n/a", "ERROR"
 OUTPUT_TOLERANCE = 1e-5
@@ -181,22 +181,10 @@ def verify(
 ) -> list[VerifyRow]:
     """Verify the given models (names or shell patterns; default: every registered model)."""
     selected = _expand(names)
-    rows: list[VerifyRow] = []
-    columns = (
-        TextColumn("[bold]verify"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-    )
-    bar_console = console or Console(stderr=True)
-    with Progress(*columns, console=bar_console, transient=True, disable=not progress) as bar:
-        task = bar.add_task("", total=len(selected))
-        for name in selected:
-            bar.update(task, description=name)
-            rows.append(verify_one(name, input_size=input_size))
-            bar.advance(task)
-    return rows
+    return [
+        verify_one(name, input_size=input_size)
+        for name in each_with_bar(selected, "verify", enabled=progress, console=console)
+    ]
 
 
 def _expand(names: Iterable[str] | None) -> list[str]:

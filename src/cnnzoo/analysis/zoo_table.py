@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import cnnzoo
 from cnnzoo.registry import get_entry
+from cnnzoo.train.progress import each_with_bar
 
 __all__ = ["ModelFigures", "cache_file", "compute_figures", "figures_key", "model_figures"]
 
@@ -47,12 +47,13 @@ def cache_file() -> Path:
     return base / "tables" / "models.json"
 
 
-def _source_digest(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256(torch.__version__.encode())
-    for path in paths:
-        with contextlib.suppress(OSError):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:20]
+@functools.cache
+def _file_digest(path: Path) -> bytes:
+    """Read once per process: the zoo's 66 models share a handful of source files."""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return b""
 
 
 def figures_key(name: str) -> str:
@@ -62,7 +63,10 @@ def figures_key(name: str) -> str:
     builder_file = inspect.getsourcefile(get_entry(name).builder)
     if builder_file:
         sources.append(Path(builder_file))
-    return _source_digest(sources)
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sources:
+        digest.update(_file_digest(path))
+    return digest.hexdigest()[:20]
 
 
 def compute_figures(name: str) -> ModelFigures:
@@ -110,21 +114,10 @@ def model_figures(
     missing = [name for name in names if name not in figures]
     if not missing:
         return figures
-    columns = (
-        TextColumn("[bold]counting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-    )
-    bar_console = console or Console(stderr=True)
-    shown = progress and bar_console.is_terminal  # no bar residue in piped output
-    with Progress(*columns, console=bar_console, transient=True, disable=not shown) as bar:
-        task = bar.add_task("", total=len(missing))
-        for name in missing:
-            bar.update(task, description=name)
-            figures[name] = compute_figures(name)
-            stored[name] = {"key": keys[name], "figures": dataclasses.asdict(figures[name])}
-            bar.advance(task)
+    console = console or Console(stderr=True)
+    shown = progress and console.is_terminal  # no bar residue in piped output
+    for name in each_with_bar(missing, "counting", enabled=shown, console=console):
+        figures[name] = compute_figures(name)
+        stored[name] = {"key": keys[name], "figures": dataclasses.asdict(figures[name])}
     _write(path, stored)
     return figures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -16,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["EpochBar", "RunLog"]
+__all__ = ["EpochBar", "RunLog", "each_with_bar"]
 
 
 class RunLog:
@@ -96,3 +97,24 @@ class EpochBar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def each_with_bar(
+    names: Sequence[str], label: str, *, enabled: bool, console: Console | None = None
+) -> Iterator[str]:
+    """Yield each of ``names`` while a transient bar (stderr by default) shows the name being
+    worked on, how many are done and the time so far."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    bar_console = console or Console(stderr=True)
+    with Progress(*columns, console=bar_console, transient=True, disable=not enabled) as bar:
+        task = bar.add_task("", total=len(names))
+        for name in names:
+            bar.update(task, description=name)
+            yield name
+            bar.advance(task)

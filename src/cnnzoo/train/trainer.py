@@ -156,7 +156,8 @@ def plan_input(
 # small helpers
 
 
-def _resolve_device(name: str, dist_info_local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, dist_info_local_rank: int = 0) -> torch.device:
+    """``--device`` (auto, cpu, cuda, mps, ...) -> the device, or a UsageError saying why not."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -261,9 +262,9 @@ class Trainer:
         if cfg.model not in list_models():
             raise UsageError(unknown_model_message(cfg.model or ""))
 
-        requested = _resolve_device(cfg.device)  # fail fast, before joining a process group
+        requested = resolve_device(cfg.device)  # fail fast, before joining a process group
         self.dist = init_distributed(requested.type)
-        self.device = _resolve_device(cfg.device, self.dist.local_rank)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         torch.set_num_threads(
             cfg.num_threads or max(1, (os.cpu_count() or 1) // self.dist.local_world_size)
         )
