@@ -15,3 +15,7 @@ class WeightsError(CnnzooError, ValueError):
 
 class DataError(CnnzooError):
     """A dataset that is missing, empty or unreadable."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler, ``docker stop``, systemd): stop like Ctrl-C; exit status 143."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
-from cnnzoo.errors import CnnzooError, UsageError
+from cnnzoo.errors import CnnzooError, Terminated, UsageError
 
 # Each module defines `register(subparsers)`, which adds its commands with `set_defaults(run=fn)`;
 # `fn(args) -> int` is the exit status.
@@ -21,6 +23,8 @@ COMMAND_MODULES = (
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,23 +45,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: cnnzoo's own errors as they are, file-system errors with the file,
+    anything else (a bug) without Python's exception name, pointing at --debug."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (CnnzooError, ValueError)):
+        return f"error: {text}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"error: {exc.strerror.lower()}{where}"
+    return f"internal error: {text or type(exc).__name__} (--debug shows where)"
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _one_line_warnings(command: str) -> None:
+    """Warnings print as ``cnnzoo COMMAND: warning: ...``, not Python's file:line format."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = " ".join(str(message).split())
+        print(f"cnnzoo {command}: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    command = None
     try:
+        parser = build_parser()  # imports torch: Ctrl-C here is an interrupt like any other
+        args = parser.parse_args(argv)
+        command, debug = args.command, args.debug
+        _one_line_warnings(command)
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("cnnzoo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"cnnzoo: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as exc:
-        if args.debug:
+        if debug:
             raise
         usage = isinstance(exc, UsageError) or (
             isinstance(exc, ValueError) and not isinstance(exc, CnnzooError)
         )
-        kind = "error" if isinstance(exc, (CnnzooError, ValueError)) else type(exc).__name__
-        print(f"cnnzoo {args.command}: {kind}: {exc}", file=sys.stderr)
+        prefix = f"cnnzoo {command}" if command else "cnnzoo"
+        print(f"{prefix}: {describe_error(exc)}", file=sys.stderr)
         return EXIT_USAGE if usage else EXIT_RUNTIME
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

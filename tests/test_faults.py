@@ -1,0 +1,161 @@
+"""Faults a hostile world brings: kills during checkpoint writes, a full disk, signals."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.errors import WeightsError
+from cnnzoo.train import checkpoint as ckpt_mod
+from cnnzoo.train.checkpoint import (
+    CheckpointWriteError,
+    checkpoint_exists,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class Killed(BaseException):
+    """The process 'dies' here: nothing after this point happens (not even cleanup)."""
+
+
+def _weights(epoch: int) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((4, 3), float(epoch)), "b": torch.arange(3.0) * epoch}
+
+
+class FileOps:
+    """Counts the file-system operations a save performs and kills the process at one of them."""
+
+    NAMES = ("replace", "unlink", "link")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = {name: getattr(os, name) for name in self.NAMES}
+        self.calls = 0
+        self.kill_at: int | None = None
+        self.dead = False
+        for name in self.NAMES:  # Path.unlink calls os.unlink, so it is counted too
+            monkeypatch.setattr(ckpt_mod.os, name, self._wrap(name))
+
+    def _wrap(self, name: str):
+        def op(*args, **kwargs):
+            self.calls += 1
+            if self.dead or self.calls == self.kill_at:
+                self.dead = True
+                raise Killed(name)
+            return self.real[name](*args, **kwargs)
+
+        return op
+
+    def run(self, kill_at: int | None, fn, *args) -> bool:
+        """Run ``fn``; kill at the ``kill_at``-th operation. True when it was killed."""
+        self.calls, self.kill_at, self.dead = 0, kill_at, False
+        try:
+            fn(*args)
+        except Killed:
+            return True
+        finally:
+            self.kill_at, self.dead = None, False
+        return False
+
+
+def _write_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many file operations one save over an existing checkpoint performs."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    save_checkpoint(probe, "last", _weights(1), {"epoch": 1})
+    with monkeypatch.context() as patch:
+        ops = FileOps(patch)
+        ops.run(None, save_checkpoint, probe, "last", _weights(2), {"epoch": 2})
+        return ops.calls
+
+
+def test_two_kills_in_a_row_at_every_write_point_never_lose_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    points = _write_points(tmp_path, monkeypatch)
+    assert points >= 4  # unlink .prev, link, two renames, unlink .prev
+    for first, second in itertools.product(range(1, points + 1), repeat=2):
+        run = tmp_path / f"run-{first}-{second}"
+        run.mkdir()
+        save_checkpoint(run, "last", _weights(1), {"epoch": 1})
+        with monkeypatch.context() as patch:
+            ops = FileOps(patch)
+            assert ops.run(first, save_checkpoint, run, "last", _weights(2), {"epoch": 2})
+            # The restarted process resumes from what is there, then dies again mid-save.
+            resumed = load_checkpoint(run, "last")
+            assert ops.run(second, save_checkpoint, run, "last", _weights(3), {"epoch": 3})
+        loaded = load_checkpoint(run, "last")
+        assert loaded.epoch in (1, 2, 3), (first, second)
+        assert loaded.epoch >= resumed.epoch
+        assert torch.equal(loaded.weights["w"], _weights(loaded.epoch)["w"]), (first, second)
+        # And the run goes on: the next save and load work and leave no stale link behind.
+        save_checkpoint(run, "last", _weights(4), {"epoch": 4})
+        assert load_checkpoint(run, "last").epoch == 4
+        assert not (run / "last.safetensors.prev").exists()
+
+
+def test_loading_from_prev_repairs_the_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
+    with monkeypatch.context() as patch:
+        ops = FileOps(patch)
+        # Kill at the second rename: new weights in place, old state, old weights in .prev.
+        replaces = 0
+
+        def count_replaces(*args):
+            nonlocal replaces
+            replaces += 1
+            if replaces == 2:
+                raise Killed("replace")
+            return ops.real["replace"](*args)
+
+        patch.setattr(ckpt_mod.os, "replace", count_replaces)
+        with pytest.raises(Killed):
+            save_checkpoint(tmp_path, "last", _weights(2), {"epoch": 2})
+    assert (tmp_path / "last.safetensors.prev").exists()
+    assert load_checkpoint(tmp_path, "last").epoch == 1
+    # The pair is whole again: last.safetensors itself holds epoch 1's weights.
+    assert not (tmp_path / "last.safetensors.prev").exists()
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / "last.safetensors")["w"], _weights(1)["w"])
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:  # the data does not fit: ENOSPC surfaces at flush/fsync
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt_mod.os, "fsync", full)
+    with pytest.raises(CheckpointWriteError, match=r"last\.safetensors: No space left on device"):
+        save_checkpoint(tmp_path, "last", _weights(2), {"epoch": 2})
+    monkeypatch.setattr(ckpt_mod.os, "fsync", real_fsync)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial temp file
+    assert load_checkpoint(tmp_path, "last").epoch == 1
+
+
+def test_weights_without_their_state_are_reported_not_ignored(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
+    (tmp_path / "last.state.pt").unlink()
+    assert checkpoint_exists(tmp_path, "last")
+    with pytest.raises(WeightsError, match=r"last\.safetensors has no last\.state\.pt beside it"):
+        load_checkpoint(tmp_path, "last")
+
+
+def test_a_state_file_that_is_not_plain_data_is_refused_in_one_line(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
+    torch.save({"epoch": 1, "evil": Killed("x")}, tmp_path / "last.state.pt")
+    with pytest.raises(WeightsError) as info:
+        load_checkpoint(tmp_path, "last")
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert "not plain data" in message or "other than plain data" in message
