@@ -99,7 +99,9 @@ def test_two_kills_in_a_row_at_every_write_point_never_lose_the_checkpoint(
         assert not (run / "last.safetensors.prev").exists()
 
 
-def test_loading_from_prev_repairs_the_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_from_prev_repairs_the_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
     with monkeypatch.context() as patch:
         ops = FileOps(patch)
@@ -159,3 +161,74 @@ def test_a_state_file_that_is_not_plain_data_is_refused_in_one_line(tmp_path: Pa
     message = str(info.value)
     assert "\n" not in message and "weights_only" not in message
     assert "not plain data" in message or "other than plain data" in message
+
+
+# --- export never destroys what it reads or what is already there ------------------------------
+
+
+@pytest.fixture()
+def small_run(tmp_path: Path) -> Path:
+    import cnnzoo
+    from cnnzoo.train.config import TrainConfig
+    from cnnzoo.weights import save_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    facts = {"num_classes": 10, "in_chans": 1, "class_names": [str(i) for i in range(10)],
+             "mean": [0.5], "std": [0.25], "image_size": 32}  # fmt: skip
+    TrainConfig(model="lenet5", dataset="digits", epochs=1).save(run / "config.json", data=facts)
+    torch.manual_seed(0)
+    save_weights(cnnzoo.create_model("lenet5"), run / "best.safetensors")
+    return run
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from cnnzoo.cli.main import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_export_refuses_to_overwrite_its_own_checkpoint(small_run: Path, capsys) -> None:
+    checkpoint = small_run / "best.safetensors"
+    before = checkpoint.read_bytes()
+    for extra in ([], ["--force"]):
+        code, err = _cli(
+            ["export", str(small_run), str(checkpoint), "--format", "torchscript", *extra], capsys
+        )
+        assert code == 2 and "files the model comes from" in err and err.count("\n") == 1
+        assert checkpoint.read_bytes() == before
+
+
+def test_export_replaces_an_existing_file_only_with_force(small_run: Path, tmp_path, capsys):
+    out = tmp_path / "lenet.pt"
+    out.write_bytes(b"precious")
+    code, err = _cli(["export", str(small_run), str(out), "--format", "torchscript"], capsys)
+    assert code == 2 and "exists; pass --force" in err
+    assert out.read_bytes() == b"precious"
+    code, err = _cli(
+        ["export", str(small_run), str(out), "--format", "torchscript", "--force"], capsys
+    )
+    assert code == 0, err
+    assert torch.jit.load(str(out)) is not None
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_failed_export_leaves_the_existing_file_alone(tmp_path: Path, monkeypatch) -> None:
+    from cnnzoo import export as export_module
+
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"precious")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+
+    def drifting(model, example, path):  # a file that reloads with other outputs
+        path.write_bytes(b"junk")
+        return torch.full((2, 3), 1e6), "test"
+
+    monkeypatch.setattr(export_module, "_export_torchscript", drifting)
+    with pytest.raises(export_module.CnnzooError, match="nothing was written"):
+        export_module.export_model(
+            model, out, "torchscript", torch.randn(2, 3, 2, 2), overwrite=True
+        )
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

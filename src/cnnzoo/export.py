@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,59 @@ def export_model(
     example_input: torch.Tensor,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    overwrite: bool = False,
+    protect: Sequence[str | Path] = (),
 ) -> ExportResult:
     """Write ``model`` (in eval mode) to ``path`` as ``format``, reload it and compare outputs.
 
     ``example_input`` should have a batch of at least 2: torch.export specialises a batch of 1,
     so the dynamic batch dimension needs 2 or more. Raises :class:`CnnzooError` when an export
     fails or the reloaded file's outputs differ from eager by more than ``tolerance`` times the
-    largest absolute eager output.
+    largest absolute eager output; ``path`` is then left as it was. An existing ``path`` is only
+    replaced with ``overwrite``, and never when it is one of ``protect`` (the model's source).
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path).expanduser()
+    check_output_path(path, overwrite=overwrite, protect=protect)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and moved into place only once its outputs check out, so
+    # a failed or mismatching export never replaces an existing file.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        result = _export_checked(model, tmp, format, example_input, tolerance, shown=path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result.path = path
+    return result
+
+
+def check_output_path(
+    path: Path, *, overwrite: bool = False, protect: Sequence[str | Path] = ()
+) -> None:
+    """Refuse to write over a file in ``protect`` (the model's own source) ever, and over any
+    existing file unless ``overwrite``."""
+    for source in protect:
+        source = Path(source).expanduser()
+        if source.exists() and path.exists() and os.path.samefile(source, path):
+            raise UsageError(
+                f"{path} is one of the files the model comes from; write the export elsewhere"
+            )
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+
+
+def _export_checked(
+    model: nn.Module,
+    path: Path,
+    format: str,
+    example_input: torch.Tensor,
+    tolerance: float,
+    shown: Path,
+) -> ExportResult:
     model = model.eval()
     example = example_input.detach()
     with torch.no_grad():
@@ -129,7 +171,7 @@ def export_model(
         return result
     if got.shape != expected.shape:
         raise CnnzooError(
-            f"{path}: the reloaded {format} model returns shape {tuple(got.shape)}, "
+            f"{shown}: the reloaded {format} model returns shape {tuple(got.shape)}, "
             f"eager {tuple(expected.shape)}"
         )
     got, expected = got.detach().cpu().double(), expected.cpu().double()
@@ -137,9 +179,9 @@ def export_model(
     result.output_scale = expected.abs().max().item()
     if not result.max_abs_diff <= tolerance * (result.output_scale or 1.0):
         raise CnnzooError(
-            f"{path}: the exported model's outputs differ from eager by "
+            f"{shown}: the exported model's outputs differ from eager by "
             f"{result.max_abs_diff:.3g} (allowed {tolerance:g} x output scale "
-            f"{result.output_scale:.3g}); the file was written but should not be trusted"
+            f"{result.output_scale:.3g}); nothing was written"
         )
     return result
 

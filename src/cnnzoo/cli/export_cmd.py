@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--num-classes", type=int, help="classifier width for a model given by name (default 1000)"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT if it exists (never the model's source)"
+    )
     parser.set_defaults(run=run_export)
 
 
@@ -55,12 +58,16 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"torch.export.save needs a .pt2 file name, got {args.output!r}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    protect: list[str | Path] = []
     if _is_run(args.source):
         from cnnzoo.analysis.predict import input_size_of, load_run
 
         if args.num_classes is not None:
             raise UsageError("--num-classes is for a model given by name; a run has its own")
         model, config = load_run(args.source)
+        run_dir = Path(config["run_dir"])
+        protect = [config["checkpoint"], *run_dir.glob("*.safetensors*"), *run_dir.glob("*.pt")]
+        protect.append(run_dir / "config.json")
         channels = int(config["in_chans"])
         height, width = input_size_of(model, config)
         size = (channels, height, width)
@@ -82,6 +89,8 @@ def run_export(args: argparse.Namespace) -> int:
     example = torch.randn(EXAMPLE_BATCH, *size, generator=generator)
     if hasattr(model, "check_input"):  # a size the network cannot take: one clear line
         model.check_input(example)
-    result = export_model(model, args.output, args.format, example)
+    result = export_model(
+        model, args.output, args.format, example, overwrite=args.force, protect=protect
+    )
     print(result.summary())
     return 0
