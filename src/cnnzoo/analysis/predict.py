@@ -210,7 +210,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]
     a file named directly is labelled by its parent folder. A missing path is an error, and
     finding no image at all is a :class:`DataError`.
     """
-    from cnnzoo.data import iter_image_files
+    from cnnzoo.data.folder import check_regular_file, iter_image_files, printable_name
 
     inputs = list(inputs)
     found: list[tuple[Path, str | None]] = []
@@ -218,8 +218,9 @@ def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]
         path = Path(item)
         if path.is_dir():
             found.extend(iter_image_files(path))
-        elif path.is_file():
-            found.append((path, path.parent.name or None))
+        elif path.exists() or path.is_symlink():
+            check_regular_file(path)  # a FIFO or device is named as such, not "missing"
+            found.append((path, printable_name(path.parent.name) or None))
         else:
             raise CnnzooError(f"{path}: no such image file or directory")
     if not found:

@@ -14,6 +14,8 @@ every image in the folder is grey.
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,8 @@ DEFAULT_TEST_FRACTION = 0.1
 TEST_SEED = 0
 STATS_SAMPLE = 32  # images decoded to estimate the train split's mean/std
 _VAL_DIRS = ("val", "valid", "validation")
+# Decoding a 12000x12000 photo takes 1.4 GB; nothing cnnzoo trains on needs more than this.
+MAX_IMAGE_PIXELS = int(os.environ.get("CNNZOO_MAX_IMAGE_PIXELS", 64_000_000))
 
 
 class DataWarning(UserWarning):
@@ -58,8 +62,20 @@ def read_image(
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    check_regular_file(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL only warns below twice its own limit; cnnzoo's limit is checked just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels is more than the "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit (set CNNZOO_MAX_IMAGE_PIXELS "
+                    "to raise it); not decoded"
+                )
             if draft_size is not None and img.format == "JPEG":
                 img.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
             img = ImageOps.exif_transpose(img)
@@ -68,6 +84,26 @@ def read_image(
         raise DataError(f"{path}: not a readable image ({exc})") from exc
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def check_regular_file(path: str | Path) -> None:
+    """A DataError unless ``path`` is a regular file (a FIFO or a device would block or never
+    end; a missing file and a folder get their own words)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"{path}: no such image file ({exc.strerror})") from exc
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path} is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path} is not a regular file (a pipe, socket or device); not read")
+
+
+def printable_name(name: str) -> str:
+    """A file or folder name as text that can be printed, plotted and saved: bytes that are not
+    UTF-8 (kept by Python as surrogates) are shown escaped, e.g. ``caf\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _convert(img: Image.Image, channels: int) -> Image.Image:
@@ -91,9 +127,14 @@ def _probe(path: Path) -> str | None:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None
     try:
-        with Image.open(path) as img:
+        check_regular_file(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             width, height = img.size
-            return img.mode if width > 0 and height > 0 else None
+            fits = 0 < width * height <= MAX_IMAGE_PIXELS
+            return img.mode if fits else None
     except Exception:  # PIL raises many types for garbage; every one means "skip it"
         return None
 
@@ -221,9 +262,16 @@ def load_image_folder(
     classes = [d.name for d in _class_dirs(top)]
     pool = scan.scan(top, classes)
 
-    # Empty class folders would be classes the model can never learn: drop them.
+    # Empty class folders would be classes the model can never learn: drop them, and say so.
     present = sorted(set(pool.labels))
     if len(present) != len(classes):
+        dropped = [printable_name(c) for i, c in enumerate(classes) if i not in set(present)]
+        warnings.warn(
+            f"{printable_name(str(top))}: class folder(s) {', '.join(dropped)} hold no readable "
+            f"image; training on the other {len(present)} classes",
+            DataWarning,
+            stacklevel=2,
+        )
         remap = {old: new for new, old in enumerate(present)}
         classes = [classes[i] for i in present]
         pool = FileSplit(pool.paths, [remap[label] for label in pool.labels])
@@ -259,15 +307,14 @@ def load_image_folder(
         n_train, n_val, n_test = split_counts(len(pool), split)
         train, val, test = _carve(pool, n_val, n_test, n_train, seed)
     scan.warn()
-    if not train.paths:
-        raise DataError(f"{root}: the train split is empty (split={split})")
+    _check_split_sizes(root, train, val, test, val_split if split is None else split)
 
     channels = 1 if scan.modes and scan.modes <= GREY_MODES else 3
     size = image_size or DEFAULT_IMAGE_SIZE
     mean, std = _sample_stats(train, channels, size, seed)
     return DataBundle(
         name=f"imagefolder:{root}",
-        class_names=classes,
+        class_names=[printable_name(c) for c in classes],
         channels=channels,
         image_size=(size, size),
         mean=mean,
@@ -280,6 +327,30 @@ def load_image_folder(
     )
 
 
+def _check_split_sizes(
+    root: Path,
+    train: FileSplit,
+    val: FileSplit | None,
+    test: FileSplit | None,
+    asked: float | Sequence[float] | Sequence[int],
+) -> None:
+    """Fail before any training when a split the run needs came out empty."""
+    sizes = {"train": len(train), "val": len(val) if val else 0, "test": len(test) if test else 0}
+    if isinstance(asked, (int, float)):  # --val-split, with the default 10 % test part
+        wanted = {"train": True, "val": asked > 0, "test": True}
+    else:  # explicit (train, val, test) ratios or counts: a 0 asks for no such split
+        wanted = {name: part > 0 for name, part in zip(sizes, asked, strict=False)}
+    empty = [name for name, size in sizes.items() if size == 0 and wanted.get(name, False)]
+    if empty:
+        total = sum(sizes.values())
+        counts = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise DataError(
+            f"{printable_name(str(root))}: {total} images are too few for the split ({counts}): "
+            f"the {' and '.join(empty)} split would be empty; add images, or give --split "
+            "counts / --val-split 0"
+        )
+
+
 def iter_image_files(directory: str | Path) -> list[tuple[Path, str | None]]:
     """Image files (by extension) under ``directory``, sorted, each with its class: the name of
     its first-level sub-folder, or None for files directly in ``directory``."""
@@ -290,5 +361,5 @@ def iter_image_files(directory: str | Path) -> list[tuple[Path, str | None]]:
     for path in _files_under(directory):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             parts = path.relative_to(directory).parts
-            found.append((path, parts[0] if len(parts) > 1 else None))
+            found.append((path, printable_name(parts[0]) if len(parts) > 1 else None))
     return found

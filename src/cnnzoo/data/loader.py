@@ -303,23 +303,38 @@ class FolderBatchLoader(BatchLoader):
         )
         bad = 0
         erasing = self._erasing_generator()
-        for images, labels, ok in loader:
-            if not bool(ok.all()):
-                bad += int((~ok).sum())
-                images, labels = images[ok], labels[ok]
+        last_good: tuple[torch.Tensor, torch.Tensor] | None = None
+        try:
+            for images, labels, ok in loader:
+                if not bool(ok.all()):
+                    bad += int((~ok).sum())
+                    images, labels = images[ok], labels[ok]
                 if len(labels) == 0:
-                    continue
-            images = images.to(self.device, non_blocking=True)
-            with _one_thread(self.device):
-                x = self._finish(images, erasing)
-            yield x, labels.to(self.device, non_blocking=True)
-        if bad:
-            self.bad_samples += bad
-            warnings.warn(
-                f"{bad} image(s) of {self.bundle.name} failed to decode this epoch; skipped them",
-                DataWarning,
-                stacklevel=2,
-            )
+                    # Every rank must take the same number of steps (DDP would hang waiting for
+                    # this one): a batch with no readable image is replaced by the last good one.
+                    images, labels = last_good or self._readable_batch()
+                last_good = images, labels
+                images = images.to(self.device, non_blocking=True)
+                with _one_thread(self.device):
+                    x = self._finish(images, erasing)
+                yield x, labels.to(self.device, non_blocking=True)
+        finally:  # also when the consumer stops early (the trainer leaves on its last step)
+            if bad:
+                self.bad_samples += bad
+                warnings.warn(
+                    f"{bad} image(s) of {self.bundle.name} failed to decode this epoch; "
+                    "skipped them",
+                    DataWarning,
+                    stacklevel=2,
+                )
+
+    def _readable_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One readable image of the split as a batch (when the first batch had none)."""
+        for index in range(len(self.dataset)):
+            image, label, ok = self._display[index]
+            if ok:
+                return image[None], torch.tensor([label])
+        raise DataError(f"none of the images of {self.bundle.name} can be decoded")
 
     def images_for_display(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         index = torch.as_tensor(indices, dtype=torch.int64).tolist()
