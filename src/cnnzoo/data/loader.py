@@ -8,10 +8,11 @@ repeatable. DDP: every rank draws the same permutation, pads it by wrapping to a
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -28,6 +29,7 @@ from cnnzoo.data.augment import (
 )
 from cnnzoo.data.datasets import DataBundle, FileSplit, TensorSplit
 from cnnzoo.data.folder import DataWarning, read_image
+from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, eval_geometry, normalizer
 from cnnzoo.errors import DataError, UsageError
 
 AUGMENTS = ("none", "flip", "crop", "crop_flip", "rrc", "auto")
@@ -139,19 +141,12 @@ class BatchLoader:
                     mean_t, var_t = mean_t.mean(0, keepdim=True), var_t.mean(0, keepdim=True)
                 else:
                     mean_t, var_t = mean_t.repeat(self.channels), var_t.repeat(self.channels)
-            std_t = var_t.sqrt()
-        else:
-            mean_t = torch.tensor(tuple(mean), dtype=torch.float64)
-            std_t = torch.tensor(tuple(std), dtype=torch.float64)
-            if len(mean_t) != self.channels or len(std_t) != self.channels:
-                raise UsageError(
-                    f"mean/std have {len(mean_t)}/{len(std_t)} values for {self.channels} channels"
-                )
-            if bool((std_t <= 0).any()):
-                raise UsageError(f"std must be positive, got {tuple(std)}")
-        scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1).to(self.device)
-        shift = (-mean_t / std_t).float().view(1, -1, 1, 1).to(self.device)
-        return scale, shift
+            return normalizer(mean_t.tolist(), var_t.sqrt().tolist(), self.device)
+        if len(mean) != self.channels or len(std) != self.channels:
+            raise UsageError(
+                f"mean/std have {len(mean)}/{len(std)} values for {self.channels} channels"
+            )
+        return normalizer(mean, std, self.device)
 
     def __len__(self) -> int:
         return self._batches
@@ -238,16 +233,20 @@ class TensorBatchLoader(BatchLoader):
 # --- image folders ----------------------------------------------------------------------------
 
 
-def folder_transform(augment: str, size: int) -> v2.Transform:
-    """torchvision v2 transforms on a uint8 image tensor -> (C, size, size)."""
+def folder_transform(augment: str, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 image tensor -> (C, size, size): torchvision v2 augmentation for training, and the
+    one evaluation transform (the 0.875 centre crop, in float) otherwise."""
     if augment == "rrc":
         return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
-    steps: list[v2.Transform] = [v2.Resize(size, antialias=True)]
+    if augment == "none":
+        return functools.partial(eval_geometry, size=size, crop_fraction=FOLDER_CROP_FRACTION)
     if augment in ("crop", "crop_flip"):
-        steps.append(v2.RandomCrop(size, padding=max(1, size // 8)))
-    else:
-        # Evaluation: the usual 0.875 centre crop.
-        steps = [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+        steps: list[v2.Transform] = [
+            v2.Resize(size, antialias=True),
+            v2.RandomCrop(size, padding=max(1, size // 8)),
+        ]
+    else:  # "flip": the evaluation crop, flipped
+        steps = [v2.Resize(round(size / FOLDER_CROP_FRACTION), antialias=True), v2.CenterCrop(size)]
     if augment in ("flip", "crop_flip"):
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
@@ -338,7 +337,8 @@ class FolderBatchLoader(BatchLoader):
 
     def images_for_display(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         index = torch.as_tensor(indices, dtype=torch.int64).tolist()
-        return torch.stack([self._display[i][0] for i in index])
+        images = torch.stack([self._display[i][0] for i in index])
+        return images.round().clamp(0, 255).to(torch.uint8)
 
 
 def make_loader(
