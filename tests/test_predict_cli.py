@@ -19,6 +19,7 @@ from cnnzoo.analysis.predict import collect_images, load_run, predict_images
 from cnnzoo.cli.eval_cmd import evaluate_run
 from cnnzoo.data import load_dataset
 from cnnzoo.errors import DataError, WeightsError
+from cnnzoo.inference import load_model
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.weights import save_weights
 
@@ -139,12 +140,13 @@ def _write_digit_folder(root: Path, bundle, count: int) -> list[int]:
 def test_predict_gives_the_evaluation_pipeline_probabilities(run, digits, tmp_path) -> None:
     run_dir, _ = run
     model, config = load_run(run_dir)
+    loaded = load_model(run_dir)
     indices = _write_digit_folder(tmp_path / "imgs", digits, 9)
     found = collect_images([tmp_path / "imgs"])
     assert len(found) == 9 and all(label is not None for _, label in found)
 
     preds = predict_images(
-        model, config, [p for p, _ in found], topk=3, batch_size=4,
+        loaded, [p for p, _ in found], topk=3, batch_size=4,
         folder_labels=[label for _, label in found],
     )  # fmt: skip
     expected = F.softmax(reference_logits(model, digits.test.images[indices], digits), dim=1)
@@ -177,7 +179,8 @@ def test_predict_converts_grey_rgb_rgba_palette_16bit_and_cmyk(run, digits, tmp_
         image.save(tmp_path / name, **({"quality": 100} if name.endswith(".jpg") else {}))
     assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
     assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
-    preds = {p.path.name: p for p in predict_images(model, config, sorted(tmp_path.iterdir()))}
+    found = sorted(tmp_path.iterdir())
+    preds = {p.path.name: p for p in predict_images(load_model(run_dir), found)}
 
     reference = preds["grey.png"].probabilities
     for name in ("rgb.png", "rgba.png", "palette.png", "sixteen.png"):
@@ -196,10 +199,10 @@ def test_unreadable_images_are_skipped_and_none_readable_is_an_error(run, tmp_pa
     Image.new("L", (8, 8), 30).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.warns(UserWarning, match=r"skipped .*broken\.png"):
-        preds = predict_images(model, config, [tmp_path / "broken.png", tmp_path / "ok.png"])
+        preds = predict_images(load_model(run_dir), [tmp_path / "broken.png", tmp_path / "ok.png"])
     assert [p.path.name for p in preds] == ["ok.png"]
     with pytest.warns(UserWarning), pytest.raises(DataError, match="none of the 1 images"):
-        predict_images(model, config, [tmp_path / "broken.png"])
+        predict_images(load_model(run_dir), [tmp_path / "broken.png"])
 
 
 # ----------------------------------------------------------------------------- CLI

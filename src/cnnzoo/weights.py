@@ -86,6 +86,26 @@ def read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[StateDict, 
     return _unwrap(tensors, str(path)), metadata
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (cnnzoo records the model, classes and input there);
+    empty for other files. Reads the header only."""
+    path = Path(path).expanduser()
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return {}
+    if not _looks_like_safetensors(head):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except Exception:  # a damaged file: whoever reads its tensors reports it
+        return {}
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     # 8-byte little-endian header length, then a JSON object.
     return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,15 @@ from cnnzoo.errors import CnnzooError, DataError, WeightsError
 from cnnzoo.models.base import ZooModel
 from cnnzoo.weights import load_weights
 
+if TYPE_CHECKING:
+    from cnnzoo.inference import InferenceModel
+
 __all__ = [
     "Prediction",
     "class_names_of",
     "collect_images",
     "input_size_of",
+    "iter_predictions",
     "load_run",
     "normalization_of",
     "predict_images",
@@ -254,66 +258,55 @@ def class_names_of(config: dict[str, Any], num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def predict_images(
-    model: ZooModel,
-    config: dict[str, Any],
+def iter_predictions(
+    loaded: InferenceModel,
     paths: Sequence[str | Path],
     topk: int = 5,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     keep_images: bool = True,
     folder_labels: Sequence[str | None] | None = None,
-) -> list[Prediction]:
-    """Classify image files: decode, resize to the training size, normalise, batch, softmax.
+) -> Iterator[Prediction]:
+    """Classify image files a batch at a time, as they are decoded (memory stays bounded).
 
-    An image whose folder label (``folder_labels[i]``, by default its parent folder's name) is
-    one of the run's class names gets that class as its true label. Images that cannot be decoded
-    are skipped with a :class:`UserWarning`; when none can be read the result is a
-    :class:`DataError`. ``keep_images`` stores the resized uint8 image in each
-    prediction (for plots).
+    Each image is decoded to the model's channels and prepared by ``loaded.preprocess`` (the
+    run's evaluation transform, or the weights' own ``transforms()``). An image whose folder label
+    (``folder_labels[i]``, by default its parent folder's name) is one of the class names gets
+    that class as its true label. Images that cannot be decoded are skipped with a
+    :class:`UserWarning`; when none can be read the result is a :class:`DataError`.
+    ``keep_images`` stores the image the model saw, as uint8, in each prediction (for plots).
     """
     from cnnzoo.data import read_image
-    from cnnzoo.data.augment import resize
 
     if not paths:
         raise DataError("no images to classify")
     if topk < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
-    channels = int(config.get("in_chans") or 3)
-    num_classes = int(model.num_classes)
-    names = class_names_of(config, num_classes)
-    size = input_size_of(model, config)
-    mean, std = normalization_of(model, config, channels)
+    model, names = loaded.model, loaded.class_names
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    mean, std = mean.to(device), std.to(device)
-    k = min(topk, num_classes)
-
+    k = min(topk, len(names))
     if folder_labels is None:
         folder_labels = [Path(p).parent.name for p in paths]
     elif len(folder_labels) != len(paths):
         raise ValueError("folder_labels must have one entry per path")
 
-    def decode(path: Path) -> torch.Tensor | None:
+    def prepare(path: Path) -> torch.Tensor | None:
         try:
-            image = read_image(path, channels)
+            return loaded.preprocess(read_image(path, loaded.channels))
         except Exception as exc:  # any decoder failure means "skip this file", not "stop"
             reason = _one_line(exc)
             if not reason.startswith(str(path)):
                 reason = f"{path}: {reason}"
             warnings.warn(f"skipped {reason}", UserWarning, stacklevel=3)
             return None
-        # Resized in float, as the training loader resizes its batches, so that an image the
-        # run trained on gets exactly the logits it got there.
-        return resize(image[None].float(), size)[0]
 
     model.eval()
-    predictions: list[Prediction] = []
-    # Decoded a batch at a time: a folder of thousands of photos never sits in memory at once.
+    produced = 0
     for start in range(0, len(paths), batch_size):
         images, kept = [], []
         chunk = slice(start, start + batch_size)
         for raw_path, folder in zip(paths[chunk], folder_labels[chunk], strict=True):
-            image = decode(Path(raw_path))
+            image = prepare(Path(raw_path))
             if image is not None:
                 images.append(image)
                 kept.append((Path(raw_path), folder))
@@ -321,27 +314,30 @@ def predict_images(
             continue
         batch = torch.stack(images).to(device)
         with torch.inference_mode():
-            output = model((batch / 255.0 - mean) / std)
+            output = model(batch)
         while isinstance(output, (tuple, list)):
             output = output[0]
         probs = F.softmax(output.float(), dim=1).cpu()
-        shown = batch.round().clamp(0, 255).to(torch.uint8).cpu() if keep_images else None
+        shown = loaded.shown(batch) if keep_images else None
         top_p, top_i = probs.topk(k, dim=1)
         for row, (path, folder) in enumerate(kept):
             indices = top_i[row].tolist()
             true_index = names.index(folder) if folder in names else None
-            predictions.append(
-                Prediction(
-                    path=path,
-                    indices=indices,
-                    labels=[names[i] for i in indices],
-                    probs=top_p[row].tolist(),
-                    true_index=true_index,
-                    true_label=folder if true_index is not None else None,
-                    probabilities=probs[row].clone(),
-                    image=shown[row] if shown is not None else None,
-                )
+            produced += 1
+            yield Prediction(
+                path=path,
+                indices=indices,
+                labels=[names[i] for i in indices],
+                probs=top_p[row].tolist(),
+                true_index=true_index,
+                true_label=folder if true_index is not None else None,
+                probabilities=probs[row].clone(),
+                image=shown[row] if shown is not None else None,
             )
-    if not predictions:
+    if not produced:
         raise DataError(f"none of the {len(paths)} images could be read")
-    return predictions
+
+
+def predict_images(loaded: InferenceModel, paths: Sequence[str | Path], **options: Any) -> list:
+    """:func:`iter_predictions` as a list."""
+    return list(iter_predictions(loaded, paths, **options))

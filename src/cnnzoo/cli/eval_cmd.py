@@ -15,28 +15,41 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
-from cnnzoo.analysis.predict import (
-    Prediction,
-    class_names_of,
-    collect_images,
-    load_run,
-    predict_images,
-)
+from cnnzoo.analysis.predict import Prediction, collect_images, iter_predictions
 from cnnzoo.errors import CnnzooError, UsageError
+from cnnzoo.inference import InferenceModel, load_model
 
 # A grid of more images than this is unreadable; the per-image bar charts still cover them all.
 GRID_MAX_IMAGES = 100
 
 
+SOURCE_HELP = (
+    "a run directory, a checkpoint file (.safetensors or torchvision .pth), or a model name "
+    "with --weights"
+)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE and --weights: the same on predict, evaluate, export, summary and explain."""
+    parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    parser.add_argument(
+        "--weights",
+        metavar="NAME_OR_FILE",
+        help="for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
+        "`cnnzoo weights` lists them) or a weights file",
+    )
+
+
 def register(subparsers: Any) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="loss, top-1/top-5, per-class P/R/F1 and a confusion matrix of a trained run",
-        description="Evaluate a trained run (or a checkpoint inside one) on a dataset split.",
+        help="loss, top-1/top-5, per-class P/R/F1 and a confusion matrix on a dataset split",
+        description=(
+            "Evaluate a trained run, a checkpoint, or a model with its --weights on a dataset "
+            "split (default: the run's or the weights' own dataset)."
+        ),
     )
-    evaluate.add_argument(
-        "run_path", metavar="RUN_OR_CHECKPOINT", help="run directory or .safetensors"
-    )
+    add_source_arguments(evaluate)
     evaluate.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     evaluate.add_argument("--data-dir", help="where the dataset lives (default: the run's)")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
@@ -52,26 +65,40 @@ def register(subparsers: Any) -> None:
 
     predict = subparsers.add_parser(
         "predict",
-        help="top-k classes of image files with a trained run",
+        help="top-k classes of image files, with class names",
         description=(
-            "Classify image files, or every image under a folder, with a trained run. "
-            "When an image's parent folder is named after a class, that is its true label."
+            "Classify image files, or every image under a folder, with a trained run, a "
+            "checkpoint, or a model with --weights (e.g. `cnnzoo predict resnet50 --weights "
+            "IMAGENET1K_V2 cat.jpg`). Images are prepared exactly as the weights expect. When an "
+            "image's parent folder is named after a class, that is its true label."
         ),
     )
-    predict.add_argument(
-        "run_path", metavar="RUN_OR_CHECKPOINT", help="run directory or .safetensors"
-    )
+    add_source_arguments(predict)
     predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
     predict.add_argument("--topk", type=_positive_int, default=5)
     predict.add_argument("--batch-size", type=_positive_int, default=64)
     predict.add_argument(
-        "--plot", metavar="OUT_DIR", help="write a top-k bar chart per image and a prediction grid"
+        "--plot",
+        metavar="OUT_DIR",
+        help="write each image beside its top-k bars, and a prediction grid (green right, red "
+        "wrong when the true class is known)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     predict.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
     )
     predict.set_defaults(run=run_predict)
+
+
+def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceModel:
+    """The model SOURCE [--weights] names; ``need_weights``: refuse a fresh, untrained one."""
+    loaded = load_model(args.source, args.weights)
+    if need_weights and not loaded.trained:
+        raise UsageError(
+            f"{args.source} needs weights to {args.command}: add --weights NAME or FILE "
+            f"(`cnnzoo weights {args.source}` lists the names)"
+        )
+    return loaded
 
 
 def _positive_int(text: str) -> int:
@@ -85,8 +112,12 @@ def _positive_int(text: str) -> int:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from cnnzoo.train.trainer import resolve_device
+
+    return resolve_device(name) if name in ("auto", "cpu", "cuda", "mps") else _named_device(name)
+
+
+def _named_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -99,16 +130,6 @@ def pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _trained_side(config: dict[str, Any]) -> int | None:
-    """The square side the run fed its model, when it resized the dataset's images."""
-    value = config.get("image_size")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) >= 2 and value[-1] == value[-2]:
-        return int(value[-1])
-    return None
-
-
 def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """``model`` through cnnzoo.optimize, saying on stderr what it chose."""
     from cnnzoo.optimize import optimize
@@ -118,8 +139,8 @@ def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module
     return fast
 
 
-def evaluate_run(
-    run: str | Path,
+def evaluate_source(
+    loaded: InferenceModel,
     *,
     dataset: str | None = None,
     data_dir: str | None = None,
@@ -129,13 +150,16 @@ def evaluate_run(
     progress: bool = False,
     fast: bool = False,
 ) -> tuple[EvalResult, dict[str, Any]]:
-    """Load a run and score it on ``split`` of its dataset (or ``dataset``)."""
+    """Score a loaded model on ``split`` of ``dataset`` (default: its run's or weights' own)."""
     from cnnzoo.data import load_dataset, make_loader
+    from cnnzoo.data.datasets import canonical_name
 
-    model, config = load_run(run)
+    config = loaded.config
     spec = dataset or config.get("dataset")
+    if not spec and loaded.weights:
+        spec = _weights_dataset(loaded)
     if not spec:
-        raise UsageError("the run's config names no dataset; pass --dataset")
+        raise UsageError(f"{loaded.description}: name the data to evaluate on with --dataset")
     # The run's own data settings, so that "val" is the very images it held out.
     bundle = load_dataset(
         spec,
@@ -143,51 +167,70 @@ def evaluate_run(
         val_split=float(config.get("val_split", 0.1)),
         seed=int(config.get("seed", 0)),
     )
-    side = _trained_side(config)
-    if bundle.num_classes != model.num_classes:
+    if bundle.num_classes != loaded.num_classes:
         raise CnnzooError(
-            f"{spec} has {bundle.num_classes} classes but the run's model predicts "
-            f"{model.num_classes}"
+            f"{spec} has {bundle.num_classes} classes but {loaded.description} predicts "
+            f"{loaded.num_classes}"
         )
     if getattr(bundle, split) is None:
         raise UsageError(f"{spec} has no {split} split here (the run was trained with val_split=0)")
     device = torch.device(device)
-    model.to(device)
+    model = loaded.model.to(device)
+    side = loaded.input_size[0]
     loader = make_loader(
         bundle,
         split,
         batch_size=batch_size,
-        image_size=side if side is not None and (side, side) != tuple(bundle.image_size) else None,
-        mean=tuple(config["mean"]) if config.get("mean") else None,
-        std=tuple(config["std"]) if config.get("std") else None,
-        channels=int(config.get("in_chans", bundle.channels)),
+        image_size=side if (side, side) != tuple(bundle.image_size) else None,
+        mean=loaded.mean,
+        std=loaded.std,
+        channels=loaded.channels,
         device=device,
     )
-    class_names = config.get("class_names") or bundle.class_names
+    class_names = loaded.class_names if config or loaded.weights else bundle.class_names
     if fast:
         model = fast_model(model, next(iter(loader))[0])
     result = evaluate_model(
         model,
         loader,
-        model.num_classes,
+        loaded.num_classes,
         device=device,
         progress=progress,
         class_names=class_names,
     )
     info = {
-        "run_dir": config["run_dir"],
-        "checkpoint": config["checkpoint"],
-        "model": config["model"],
-        "dataset": spec,
+        "source": loaded.description,
+        "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
+        "checkpoint": config.get("checkpoint"),
+        "weights": loaded.weights,
+        "model": loaded.name,
+        "dataset": canonical_name(spec) if not spec.startswith("imagefolder:") else spec,
         "split": split,
     }
     return result, info
 
 
+def _weights_dataset(loaded: InferenceModel) -> str | None:
+    """The cnnzoo dataset named weights were trained on (None for ImageNet: not here)."""
+    from cnnzoo.data.datasets import canonical_name
+    from cnnzoo.pretrained import get_weight_spec
+
+    try:
+        return canonical_name(get_weight_spec(loaded.name, loaded.weights).dataset)
+    except UsageError:
+        return None
+
+
+def evaluate_run(run: str | Path, **options: Any) -> tuple[EvalResult, dict[str, Any]]:
+    """Load a run (or checkpoint) and score it; see :func:`evaluate_source`."""
+    return evaluate_source(load_model(run), **options)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
-    result, info = evaluate_run(
-        args.run_path,
+    loaded = load_source(args, need_weights=True)
+    result, info = evaluate_source(
+        loaded,
         dataset=args.dataset,
         data_dir=args.data_dir,
         split=args.split,
@@ -196,7 +239,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         fast=args.fast,
     )
-    out_dir = Path(args.output) if args.output else Path(info["run_dir"])
+    if args.output:
+        out_dir = Path(args.output)
+    elif loaded.run_dir is not None:
+        out_dir = loaded.run_dir
+    else:
+        out_dir = Path("eval") / f"{loaded.name}-{loaded.weights or 'weights'}"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"eval_{args.split}.json"
     json_path.write_text(json.dumps({**info, **result.to_dict()}, indent=2) + "\n")
@@ -206,7 +254,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result.confusion, result.names(), out_dir / f"confusion_{args.split}.png"
     )
     console = Console()
-    console.print(f"{info['model']} on {info['dataset']} ({args.split} split)", markup=False)
+    console.print(f"{info['source']} on {info['dataset']} ({args.split} split)", markup=False)
     console.print(result.summary_line(), markup=False)
     console.print(result.to_rich_table())
     console.print(f"wrote {json_path} and {png_path}", markup=False)
@@ -241,68 +289,82 @@ def _safe_stem(path: Path) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)
 
 
-def write_prediction_plots(
-    predictions: list[Prediction], class_names: list[str], out_dir: Path, topk: int
-) -> list[Path]:
-    """A top-k bar chart per image plus one grid; returns the files written."""
-    from cnnzoo.analysis.plots import plot_prediction_grid, plot_topk_bars
+class PredictionPlots:
+    """Writes each prediction's top-k chart as it comes, and keeps what the grid shows."""
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, p in enumerate(predictions):
+    def __init__(self, out_dir: Path, class_names: list[str], topk: int) -> None:
+        self.out_dir, self.class_names, self.topk = out_dir, class_names, topk
+        self.written: list[Path] = []
+        self.grid: list[tuple[torch.Tensor, int, int | None]] = []  # image, predicted, true
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, index: int, p: Prediction) -> None:
+        from cnnzoo.analysis.plots import plot_topk_bars
+
         assert p.image is not None
-        written.append(
+        self.written.append(
             plot_topk_bars(
                 p.image,
                 p.probabilities,
-                class_names,
-                out_dir / f"{i:04d}_{_safe_stem(p.path)}_top{topk}.png",
+                self.class_names,
+                self.out_dir / f"{index:04d}_{_safe_stem(p.path)}_top{self.topk}.png",
                 true_label=p.true_index,
-                k=topk,
+                k=self.topk,
             )
         )
-    shown = predictions[:GRID_MAX_IMAGES]
-    known = any(p.true_index is not None for p in shown)
-    written.append(
-        plot_prediction_grid(
-            [p.image for p in shown],
-            [p.indices[0] for p in shown],
-            [p.true_index for p in shown] if known else None,
-            class_names,
-            out_dir / "predictions.png",
+        if len(self.grid) < GRID_MAX_IMAGES:
+            self.grid.append((p.image, p.indices[0], p.true_index))
+        p.image = None  # the chart is written: memory stays bounded over thousands of images
+
+    def finish(self) -> list[Path]:
+        from cnnzoo.analysis.plots import plot_prediction_grid
+
+        known = any(true is not None for _, _, true in self.grid)
+        self.written.append(
+            plot_prediction_grid(
+                [image for image, _, _ in self.grid],
+                [predicted for _, predicted, _ in self.grid],
+                [true for _, _, true in self.grid] if known else None,
+                self.class_names,
+                self.out_dir / "predictions.png",
+            )
         )
-    )
-    return written
+        return self.written
 
 
 def run_predict(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
-    model, config = load_run(args.run_path)
-    model.to(device)
+    loaded = load_source(args, need_weights=True)
+    loaded.model.to(device)
     found = collect_images(args.inputs)
     if args.fast:
-        cfg = model.default_cfg
-        side = _trained_side(config) or cfg["input_size"][-1]
         batch = max(1, min(args.batch_size, len(found)))
-        example = torch.randn(batch, cfg["input_size"][0], side, side, device=device)
-        model = fast_model(model, example)
+        example = torch.randn(batch, loaded.channels, *loaded.input_size, device=device)
+        loaded.model = fast_model(loaded.model, example)
+    plots = PredictionPlots(Path(args.plot), loaded.class_names, args.topk) if args.plot else None
+    predictions = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            predictions = predict_images(
-                model,
-                config,
+            stream = iter_predictions(
+                loaded,
                 [path for path, _ in found],
                 topk=args.topk,
                 batch_size=args.batch_size,
                 device=device,
-                keep_images=bool(args.plot),
+                keep_images=plots is not None,
                 folder_labels=[label for _, label in found],
             )
+            for index, prediction in enumerate(stream):
+                if plots is not None:
+                    plots.add(index, prediction)
+                prediction.probabilities = torch.empty(0)  # the table needs only the top k
+                predictions.append(prediction)
         finally:
             for warning in caught:
                 print(f"cnnzoo predict: warning: {warning.message}", file=sys.stderr)
     console = Console()
+    console.print(f"{loaded.description}", markup=False, style="dim")
     console.print(predictions_table(predictions, args.topk))
     judged = [p for p in predictions if p.correct is not None]
     if judged:
@@ -311,8 +373,7 @@ def run_predict(args: argparse.Namespace) -> int:
             f"top-1 correct: {right}/{len(judged)} ({100 * right / len(judged):.1f}%) "
             "of the images whose folder names a class"
         )
-    if args.plot:
-        names = class_names_of(config, model.num_classes)
-        written = write_prediction_plots(predictions, names, Path(args.plot), args.topk)
+    if plots is not None:
+        written = plots.finish()
         console.print(f"wrote {len(written)} plots to {args.plot}", markup=False)
     return 0

@@ -1,0 +1,305 @@
+"""Any model, ready for predict, evaluate, export, summary and explain.
+
+A *source* is one of:
+
+- a run directory written by ``cnnzoo train`` (its best, else last, weights), or a checkpoint
+  file inside one;
+- a weights file on its own: a cnnzoo ``.safetensors`` (its metadata names the model) or a
+  torchvision ``.pth`` (its file name names the weights, e.g. ``resnet18-f37072fd.pth``);
+- a model name, with ``weights`` a weight name (``IMAGENET1K_V1``, ``DEFAULT``, ``imagenet``,
+  ``fashion_mnist``, ...) or a file, or without weights (a freshly initialised network).
+
+:func:`load_model` turns each into an :class:`InferenceModel`: the network in eval mode, its class
+names, and the exact transform its weights expect (a run's evaluation transform, or the weights'
+own ``transforms()``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
+from cnnzoo.errors import CnnzooError, UsageError, WeightsError
+
+__all__ = ["InferenceModel", "load_model", "run_transform"]
+
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class InferenceModel:
+    """A network ready for inference and what its inputs and outputs mean."""
+
+    model: nn.Module  # in eval mode, on the CPU
+    name: str  # the cnnzoo model name
+    class_names: list[str]
+    channels: int  # what images are decoded to
+    input_size: tuple[int, int]  # (H, W) the network is fed
+    preprocess: Preprocess  # decoded uint8 image (C, H, W) -> normalised float model input
+    mean: tuple[float, ...]  # the normalisation, to show what the model saw
+    std: tuple[float, ...]
+    description: str  # one line: where the network and its weights came from
+    weights: str | None = None  # the weight name, when the weights came by name
+    run_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config.json, for a run
+    files: list[Path] = field(default_factory=list)  # the files it was loaded from
+    trained: bool = True  # False for a freshly initialised network
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Decoded images -> one normalised batch."""
+        return torch.stack([self.preprocess(image) for image in images])
+
+    def shown(self, batch: torch.Tensor) -> torch.Tensor:
+        """A normalised batch back as uint8 images (what the network saw)."""
+        mean = torch.tensor(self.mean, dtype=batch.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=batch.dtype).view(1, -1, 1, 1)
+        return (batch.cpu() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def run_transform(config: dict[str, Any], model: nn.Module) -> EvalTransform:
+    """The evaluation transform of a run: its input side, normalisation and crop rule."""
+    from cnnzoo.analysis.predict import input_size_of, normalization_of
+
+    height, width = input_size_of(model, config)  # type: ignore[arg-type]
+    channels = int(config.get("in_chans") or 3)
+    mean, std = normalization_of(model, config, channels)  # type: ignore[arg-type]
+    dataset = str(config.get("dataset") or "")
+    crop = FOLDER_CROP_FRACTION if dataset.startswith("imagefolder:") else 1.0
+    return EvalTransform(
+        size=height if height == width else min(height, width),
+        mean=tuple(mean.flatten().tolist()),
+        std=tuple(std.flatten().tolist()),
+        crop_fraction=crop,
+    )
+
+
+def load_model(
+    source: str | Path,
+    weights: str | Path | None = None,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> InferenceModel:
+    """Load a source (see the module docstring) for inference; every failure is one line.
+
+    Weights by name come from the cache, or are downloaded unless ``CNNZOO_OFFLINE=1`` (the
+    CLI's ``--offline``) forbids it.
+    """
+    path = Path(source).expanduser()
+    if weights is None and path.is_dir():
+        return _from_run(path)
+    if weights is None and path.is_file():
+        if _inside_run(path):
+            return _from_run(path)
+        return _from_model(_model_of_file(path), path, num_classes, in_chans, model_kwargs)
+    from cnnzoo.registry import list_models, unknown_model_message
+
+    name = str(source)
+    if name not in list_models():
+        from cnnzoo.pretrained import looks_like_path
+
+        if weights is not None and (looks_like_path(name) or path.exists()):
+            raise UsageError(f"{name}: with --weights, give a model name (`cnnzoo models`)")
+        if looks_like_path(name):
+            raise CnnzooError(f"{name}: no such run directory or checkpoint file")
+        raise UsageError(unknown_model_message(name))
+    return _from_model(name, weights, num_classes, in_chans, model_kwargs)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def _inside_run(checkpoint: Path) -> bool:
+    config = checkpoint.parent / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # a damaged run config: let the run loader say what is wrong with it
+    return isinstance(data, dict) and "model" in data
+
+
+def _from_run(path: Path) -> InferenceModel:
+    from cnnzoo.analysis.predict import class_names_of, load_run
+
+    model, config = load_run(path)
+    transform = run_transform(config, model)
+    run_dir, checkpoint = Path(config["run_dir"]), Path(config["checkpoint"])
+    return InferenceModel(
+        model=model,
+        name=str(config["model"]),
+        class_names=class_names_of(config, model.num_classes),
+        channels=int(config["in_chans"]),
+        input_size=(transform.size, transform.size),
+        preprocess=transform,
+        mean=transform.mean,
+        std=transform.std,
+        description=f"run {run_dir} ({checkpoint.name})",
+        run_dir=run_dir,
+        config=config,
+        files=[checkpoint, run_dir / "config.json"],
+    )
+
+
+# --- models by name, with weights by name or by file -------------------------------------------
+
+
+def _model_of_file(path: Path) -> str:
+    """Which model a weights file outside any run is for: its metadata or its file name."""
+    from cnnzoo.pretrained import list_weights
+    from cnnzoo.weights import read_metadata
+
+    named = read_metadata(path).get("model")
+    if named:
+        return named
+    for spec in list_weights():
+        if spec.file_name == path.name:
+            return spec.model
+    raise UsageError(
+        f"{path}: cannot tell which model these weights are for; name it: "
+        f"MODEL --weights {path}"
+    )
+
+
+def _spec_for_file(model: str, path: Path) -> Any:
+    from cnnzoo.pretrained import list_weights
+
+    return next((s for s in list_weights(model) if s.file_name == path.name), None)
+
+
+def _from_model(
+    name: str,
+    weights: str | Path | None,
+    num_classes: int | None,
+    in_chans: int | None,
+    model_kwargs: dict[str, Any] | None,
+) -> InferenceModel:
+    from cnnzoo.pretrained import resolve_weights
+    from cnnzoo.registry import create_model
+
+    kwargs = dict(model_kwargs or {})
+    if weights is None:
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs).eval()
+        return _generic(model, name, f"{name} (randomly initialised; no --weights)", trained=False)
+    spec = resolve_weights(name, str(weights) if isinstance(weights, Path) else weights)
+    files: list[Path] = []
+    if spec is None:  # a file: a torchvision file keeps its meaning, a cnnzoo one carries it
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"--weights {weights}: no such file")
+        files.append(path)
+        spec = _spec_for_file(name, path)
+        if spec is None:
+            return _from_weights_file(name, path, num_classes, in_chans, kwargs)
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, weights=spec.name,
+                         **kwargs)  # fmt: skip
+    cfg = getattr(model, "pretrained_cfg", None) or spec.pretrained_cfg(num_classes, in_chans)
+    categories = list(cfg.get("categories") or [])
+    if len(categories) != model.num_classes:
+        categories = [str(i) for i in range(model.num_classes)]
+    height = width = int(spec.crop_size)
+    from cnnzoo.pretrained import is_cached, weights_file
+
+    if not files and is_cached(spec):
+        files.append(weights_file(spec, offline=True, progress=False))
+    return InferenceModel(
+        model=model.eval(),
+        name=name,
+        class_names=categories,
+        channels=int(cfg.get("in_chans") or spec.in_chans),
+        input_size=(height, width),
+        preprocess=spec.transforms(),
+        mean=tuple(cfg.get("mean") or spec.mean),
+        std=tuple(cfg.get("std") or spec.std),
+        description=f"{name} with {spec.source} weights {spec.name} ({spec.dataset})",
+        weights=spec.name,
+        files=files,
+    )
+
+
+def _from_weights_file(
+    name: str, path: Path, num_classes: int | None, in_chans: int | None, kwargs: dict[str, Any]
+) -> InferenceModel:
+    """A model built to fit a weights file that names no known weights: cnnzoo's metadata (the
+    trainer records classes, normalisation and input size) or the tensors' shapes decide."""
+    from cnnzoo.registry import create_model
+    from cnnzoo.weights import load_weights, read_metadata, read_state_dict
+
+    meta = read_metadata(path)
+    state, _ = read_state_dict(path)
+    kwargs = {**_json(meta.get("model_kwargs"), {}), **kwargs}
+    with torch.device("meta"):
+        probe = create_model(name, **kwargs)
+    stem = state.get(f"{probe.first_conv}.weight")
+    head = state.get(f"{probe.classifier_name}.weight")
+    if num_classes is None:
+        num_classes = int(head.shape[0]) if head is not None else None
+    if in_chans is None:
+        in_chans = int(stem.shape[1]) if stem is not None and stem.dim() == 4 else None
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    load_weights(model, state)
+    model.eval()
+    names = _json(meta.get("class_names"), None)
+    facts = {
+        "class_names": names,
+        "mean": _json(meta.get("mean"), None),
+        "std": _json(meta.get("std"), None),
+        "image_size": int(meta["image_size"]) if meta.get("image_size") else None,
+        "in_chans": model.default_cfg["input_size"][0],
+        "dataset": meta.get("dataset", ""),
+    }
+    loaded = _generic(model, name, f"{name} with weights from {path}", config=facts)
+    loaded.files = [path]
+    return loaded
+
+
+def _generic(
+    model: nn.Module,
+    name: str,
+    description: str,
+    *,
+    config: dict[str, Any] | None = None,
+    trained: bool = True,
+) -> InferenceModel:
+    """A model without a run or named weights: the model's own size and statistics, or what
+    ``config`` (metadata a file carried) says."""
+    from cnnzoo.analysis.predict import class_names_of
+
+    config = {k: v for k, v in (config or {}).items() if v is not None}
+    config.setdefault("in_chans", model.default_cfg["input_size"][0])
+    transform = run_transform(config, model)
+    return InferenceModel(
+        model=model,
+        name=name,
+        class_names=class_names_of(config, model.num_classes),
+        channels=int(config["in_chans"]),
+        input_size=(transform.size, transform.size),
+        preprocess=transform,
+        mean=transform.mean,
+        std=transform.std,
+        description=description,
+        config=config,
+        trained=trained,
+    )
+
+
+def _json(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return default
