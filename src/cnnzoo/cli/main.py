@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cnnzoo.errors import CnnzooError, UsageError
 
@@ -17,6 +19,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.eval_cmd",
     "cnnzoo.cli.compare_cmd",
     "cnnzoo.cli.export_cmd",
+    "cnnzoo.cli.weights_cmd",
 )
 
 EXIT_RUNTIME = 1
@@ -31,21 +34,47 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnzoo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download (pretrained weights must be in the cache already); also "
+        "CNNZOO_OFFLINE=1",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     for command_parser in subparsers.choices.values():
-        command_parser.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+        for flag in ("--debug", "--offline"):  # accepted after the command too
+            command_parser.add_argument(
+                flag, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
     return parser
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """--offline: the environment switch every download checks, for this command only."""
+    from cnnzoo.pretrained import OFFLINE_ENV
+
+    before = os.environ.get(OFFLINE_ENV)
+    if enabled:
+        os.environ[OFFLINE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            if before is None:
+                os.environ.pop(OFFLINE_ENV, None)
+            else:
+                os.environ[OFFLINE_ENV] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with _offline(args.offline):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("cnnzoo: interrupted", file=sys.stderr)
         return 130
