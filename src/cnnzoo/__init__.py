@@ -3,6 +3,7 @@
 from cnnzoo.analysis.flops import count_macs
 from cnnzoo.analysis.summary import summary
 from cnnzoo.optimize import optimize
+from cnnzoo.pretrained import get_weight_spec, list_weights
 from cnnzoo.registry import create_model, list_models, model_info
 from cnnzoo.train import TrainConfig, Trainer, fit
 from cnnzoo.weights import load_weights, save_weights
@@ -16,7 +17,9 @@ __all__ = [
     "count_macs",
     "create_model",
     "fit",
+    "get_weight_spec",
     "list_models",
+    "list_weights",
     "load_weights",
     "model_info",
     "optimize",

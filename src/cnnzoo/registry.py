@@ -178,13 +178,28 @@ def create_model(
     weights: Any = None,
     **kwargs: Any,
 ) -> ZooModel:
-    """Build a zoo model by name; ``weights`` is a file path or state-dict to load into it.
+    """Build a zoo model by name, optionally with ``weights``.
 
     ``num_classes`` and ``in_chans`` default to the model's own: 1000 classes and 3 channels for
     ImageNet models, 10 classes for the CIFAR networks, 10 classes of 1-channel images for LeNet.
+    ``weights`` is a weight name (``"IMAGENET1K_V2"``, ``"DEFAULT"``, ``"imagenet"``,
+    ``"fashion_mnist"``; see :func:`cnnzoo.list_weights`), a file path or a state-dict. Named
+    weights build the model for their own classes, channels and options unless given otherwise,
+    and set ``model.pretrained_cfg`` (class names, transform, metrics).
     """
-    model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    spec = None
     if weights is not None:
+        from cnnzoo.pretrained import resolve_weights
+
+        spec = resolve_weights(name, weights)
+        if spec is not None:
+            num_classes, in_chans, kwargs = spec.build_options(num_classes, in_chans, kwargs)
+    model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if spec is not None:
+        from cnnzoo.pretrained import load_pretrained
+
+        load_pretrained(model, spec)
+    elif weights is not None:
         from cnnzoo.weights import load_weights
 
         load_weights(model, weights)

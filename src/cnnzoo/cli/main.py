@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cnnzoo.errors import CnnzooError, Terminated, UsageError
 
@@ -19,6 +21,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.eval_cmd",
     "cnnzoo.cli.compare_cmd",
     "cnnzoo.cli.export_cmd",
+    "cnnzoo.cli.weights_cmd",
 )
 
 EXIT_RUNTIME = 1
@@ -35,13 +38,20 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnzoo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download (pretrained weights must be in the cache already); also "
+        "CNNZOO_OFFLINE=1",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     for command_parser in subparsers.choices.values():
-        command_parser.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+        for flag in ("--debug", "--offline"):  # accepted after the command too
+            command_parser.add_argument(
+                flag, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
     return parser
 
 
@@ -71,6 +81,24 @@ def _one_line_warnings(command: str) -> None:
     warnings.showwarning = show
 
 
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """--offline: the environment switch every download checks, for this command only."""
+    from cnnzoo.pretrained import OFFLINE_ENV
+
+    before = os.environ.get(OFFLINE_ENV)
+    if enabled:
+        os.environ[OFFLINE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            if before is None:
+                os.environ.pop(OFFLINE_ENV, None)
+            else:
+                os.environ[OFFLINE_ENV] = before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
@@ -80,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         command, debug = args.command, args.debug
         _one_line_warnings(command)
-        return int(args.run(args) or 0)
+        with _offline(args.offline):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"cnnzoo: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
