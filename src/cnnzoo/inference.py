@@ -150,7 +150,13 @@ def _from_run(path: Path) -> InferenceModel:
         description=f"run {run_dir} ({checkpoint.name})",
         run_dir=run_dir,
         config=config,
-        files=[checkpoint, run_dir / "config.json"],
+        # Everything the run wrote that holds weights or settings: export never writes over it.
+        files=[
+            checkpoint,
+            run_dir / "config.json",
+            *run_dir.glob("*.safetensors*"),
+            *run_dir.glob("*.state.pt"),
+        ],
     )
 
 

@@ -101,6 +101,7 @@ def _offline(enabled: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    showwarning = warnings.showwarning
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     command = None
     try:
@@ -125,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if usage else EXIT_RUNTIME
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":
