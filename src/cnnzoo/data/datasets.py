@@ -21,10 +21,11 @@ no official test split, so a fixed stratified 20 % (seed ``DIGITS_TEST_SEED``, i
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,32 @@ class DataBundle:
 
 
 @dataclass(frozen=True)
-class _Source:
+class DatasetEntry:
+    """What the registry knows about one named dataset: how to find its files and read them."""
+
+    name: str
     title: str
-    layouts: tuple[str, ...]  # sub-directories (torchvision's first) tried inside every root
-    files: tuple[str, ...]  # what must be present (IDX names without ".gz")
-    torchvision_class: str
+    # (directory holding the files, or None for a set that comes with a package)
+    # -> (train, test, class names)
+    read: Callable[[Path | None], tuple[TensorSplit, TensorSplit, list[str]]]
+    augment: str  # the training augmentation make_loader(augment="auto") uses
+    aliases: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # what must be present (IDX names without ".gz"); () = no files
+    layouts: tuple[str, ...] = ()  # sub-directories (torchvision's first) tried in every root
+    torchvision_class: str | None = None  # what --download uses
     apt_package: str | None = None
     system_dir: str | None = None
-    class_names: tuple[str, ...] = field(default=())
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(entry: DatasetEntry) -> DatasetEntry:
+    """Make ``entry`` loadable by its name and aliases (`load_dataset`, `--dataset`)."""
+    if entry.name in _DATASETS:
+        raise RuntimeError(f"dataset {entry.name!r} registered twice")
+    _DATASETS[entry.name] = entry
+    return entry
 
 
 _IDX_FILES = (
@@ -126,46 +145,10 @@ CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 
-_SOURCES: dict[str, _Source] = {
-    "fashion_mnist": _Source(
-        "Fashion-MNIST",
-        ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist"),
-        _IDX_FILES,
-        "FashionMNIST",
-        apt_package="dataset-fashion-mnist",
-        system_dir="fashion-mnist",
-        class_names=FASHION_CLASSES,
-    ),
-    "mnist": _Source(
-        "MNIST",
-        ("MNIST/raw", "mnist"),
-        _IDX_FILES,
-        "MNIST",
-        class_names=tuple(str(d) for d in range(10)),
-    ),
-    "cifar10": _Source(
-        "CIFAR-10",
-        ("cifar-10-batches-py",),
-        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
-        "CIFAR10",
-        class_names=CIFAR10_CLASSES,
-    ),
-    "cifar100": _Source("CIFAR-100", ("cifar-100-python",), ("train", "test"), "CIFAR100"),
-}
-_ALIASES = {
-    "fashion-mnist": "fashion_mnist",
-    "fashionmnist": "fashion_mnist",
-    "fmnist": "fashion_mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "cifar_10": "cifar10",
-    "cifar_100": "cifar100",
-}
-
 
 def dataset_names() -> list[str]:
     """Names load_dataset accepts (besides ``imagefolder:PATH``)."""
-    return ["fashion_mnist", "mnist", "cifar10", "cifar100", "digits"]
+    return list(_DATASETS)
 
 
 def default_download_root(data_dir: str | Path | None = None) -> Path:
@@ -176,7 +159,7 @@ def default_download_root(data_dir: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnzoo"
 
 
-def _roots(source: _Source, data_dir: str | Path | None) -> list[Path]:
+def _roots(source: DatasetEntry, data_dir: str | Path | None) -> list[Path]:
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir).expanduser())
@@ -188,7 +171,7 @@ def _roots(source: _Source, data_dir: str | Path | None) -> list[Path]:
     return roots
 
 
-def _candidates(source: _Source, data_dir: str | Path | None) -> list[Path]:
+def _candidates(source: DatasetEntry, data_dir: str | Path | None) -> list[Path]:
     dirs: list[Path] = []
     for root in _roots(source, data_dir):
         for sub in (*source.layouts, ""):
@@ -205,20 +188,21 @@ def _file(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _locate(source: _Source, data_dir: str | Path | None) -> Path | None:
+def _locate(source: DatasetEntry, data_dir: str | Path | None) -> Path | None:
     for directory in _candidates(source, data_dir):
         if all(_file(directory, name) is not None for name in source.files):
             return directory
     return None
 
 
-def _missing_message(source: _Source, data_dir: str | Path | None) -> str:
+def _missing_message(source: DatasetEntry, data_dir: str | Path | None) -> str:
     looked = ", ".join(str(r) for r in _roots(source, data_dir))
     target = default_download_root(data_dir)
     ways = []
     if source.apt_package:
         ways.append(f"install it with `sudo apt-get install {source.apt_package}`")
-    ways.append("pass --download (load_dataset(..., download=True))")
+    if source.torchvision_class:
+        ways.append("pass --download (load_dataset(..., download=True))")
     if source.files == _IDX_FILES:
         files = ", ".join(f"{n}.gz" for n in _IDX_FILES)
         ways.append(f"or put {files} in {target}/{source.layouts[0]}")
@@ -230,7 +214,7 @@ def _missing_message(source: _Source, data_dir: str | Path | None) -> str:
     return f"{source.title} not found (looked in {looked}); " + ", ".join(ways)
 
 
-def _download(source: _Source, data_dir: str | Path | None) -> None:
+def _download(source: DatasetEntry, data_dir: str | Path | None) -> None:
     import torchvision.datasets as tvd
 
     root = default_download_root(data_dir)
@@ -246,7 +230,9 @@ def _download(source: _Source, data_dir: str | Path | None) -> None:
 # --- readers ----------------------------------------------------------------------------------
 
 
-def _read_mnist_like(directory: Path) -> tuple[TensorSplit, TensorSplit]:
+def _read_mnist_like(
+    directory: Path, class_names: tuple[str, ...]
+) -> tuple[TensorSplit, TensorSplit, list[str]]:
     def read(prefix: str) -> TensorSplit:
         images, labels = read_idx_pair(
             _file(directory, f"{prefix}-images-idx3-ubyte"),  # type: ignore[arg-type]
@@ -257,7 +243,7 @@ def _read_mnist_like(directory: Path) -> tuple[TensorSplit, TensorSplit]:
             torch.from_numpy(labels.astype(np.int64)),
         )
 
-    return read("train"), read("t10k")
+    return read("train"), read("t10k"), list(class_names)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -332,7 +318,7 @@ def _read_cifar100(directory: Path) -> tuple[TensorSplit, TensorSplit, list[str]
     return train, test, names
 
 
-def _read_digits() -> tuple[TensorSplit, TensorSplit]:
+def _read_digits(_: Path | None = None) -> tuple[TensorSplit, TensorSplit, list[str]]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
@@ -351,7 +337,7 @@ def _read_digits() -> tuple[TensorSplit, TensorSplit]:
             torch.from_numpy(labels[idx]),
         )
 
-    return take(train_idx), take(test_idx)
+    return take(train_idx), take(test_idx), [str(d) for d in range(10)]
 
 
 # --- statistics and splitting -----------------------------------------------------------------
@@ -413,15 +399,20 @@ def _bundle_in_memory(
     )
 
 
+def _aliases() -> dict[str, str]:
+    return {alias: entry.name for entry in _DATASETS.values() for alias in entry.aliases}
+
+
 def canonical_name(spec: str) -> str:
     """The registered name for ``spec`` (aliases and case folded); UsageError when unknown."""
+    aliases = _aliases()
     key = spec.strip().lower()
-    key = _ALIASES.get(key, key.replace("-", "_"))
-    if key in dataset_names():
+    key = aliases.get(key, key.replace("-", "_"))
+    if key in _DATASETS:
         return key
-    choices = dataset_names() + list(_ALIASES)
+    choices = dataset_names() + list(aliases)
     close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
-    close = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
+    close = list(dict.fromkeys(aliases.get(c, c) for c in close))
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     known = ", ".join(dataset_names())
     raise UsageError(f"unknown dataset {spec!r}{hint} (known: {known}, imagefolder:PATH)")
@@ -452,56 +443,88 @@ def load_dataset(
             image_size=image_size,
             seed=seed,
         )
-    name = canonical_name(spec)
-    if name == "digits":
-        train, test = _read_digits()
-        return _bundle_in_memory(
-            name,
-            [str(d) for d in range(10)],
-            train,
-            test,
-            val_split=val_split,
-            seed=seed,
-            augment="crop",
-            source="sklearn.datasets.load_digits",
-        )
-
-    source = _SOURCES[name]
-    directory = _locate(source, data_dir)
-    if directory is None and download:
-        _download(source, data_dir)
-        directory = _locate(source, data_dir)
-    if directory is None:
-        raise DataError(_missing_message(source, data_dir))
-
-    readers: dict[str, Callable[[Path], tuple]] = {
-        "cifar10": _read_cifar10,
-        "cifar100": _read_cifar100,
-    }
-    if name in readers:
-        train, test, class_names = readers[name](directory)
-        augment = "crop_flip"
-    else:
-        train, test = _read_mnist_like(directory)
-        class_names, augment = list(source.class_names), "crop"
+    entry = _DATASETS[canonical_name(spec)]
+    directory = None
+    if entry.files:
+        directory = _locate(entry, data_dir)
+        if directory is None and download and entry.torchvision_class:
+            _download(entry, data_dir)
+            directory = _locate(entry, data_dir)
+        if directory is None:
+            raise DataError(_missing_message(entry, data_dir))
+    train, test, class_names = entry.read(directory)
     return _bundle_in_memory(
-        name,
+        entry.name,
         class_names,
         train,
         test,
         val_split=val_split,
         seed=seed,
-        augment=augment,
-        source=str(directory),
+        augment=entry.augment,
+        source=str(directory) if directory is not None else entry.title,
     )
+
+
+register_dataset(
+    DatasetEntry(
+        "fashion_mnist",
+        "Fashion-MNIST",
+        functools.partial(_read_mnist_like, class_names=FASHION_CLASSES),
+        augment="crop",
+        aliases=("fashion-mnist", "fashionmnist", "fmnist"),
+        files=_IDX_FILES,
+        layouts=("FashionMNIST/raw", "fashion-mnist", "fashion_mnist"),
+        torchvision_class="FashionMNIST",
+        apt_package="dataset-fashion-mnist",
+        system_dir="fashion-mnist",
+    )
+)
+register_dataset(
+    DatasetEntry(
+        "mnist",
+        "MNIST",
+        functools.partial(_read_mnist_like, class_names=tuple(str(d) for d in range(10))),
+        augment="crop",
+        files=_IDX_FILES,
+        layouts=("MNIST/raw", "mnist"),
+        torchvision_class="MNIST",
+    )
+)
+register_dataset(
+    DatasetEntry(
+        "cifar10",
+        "CIFAR-10",
+        _read_cifar10,
+        augment="crop_flip",
+        aliases=("cifar-10", "cifar_10"),
+        files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+        layouts=("cifar-10-batches-py",),
+        torchvision_class="CIFAR10",
+    )
+)
+register_dataset(
+    DatasetEntry(
+        "cifar100",
+        "CIFAR-100",
+        _read_cifar100,
+        augment="crop_flip",
+        aliases=("cifar-100", "cifar_100"),
+        files=("train", "test"),
+        layouts=("cifar-100-python",),
+        torchvision_class="CIFAR100",
+    )
+)
+register_dataset(DatasetEntry("digits", "scikit-learn's digits", _read_digits, augment="crop"))
 
 
 __all__ = [
     "DataBundle",
+    "DatasetEntry",
     "FileSplit",
     "Split",
     "TensorSplit",
     "channel_stats",
     "dataset_names",
     "load_dataset",
+    "register_dataset",
 ]
