@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnzoo.data import load_dataset
 from cnnzoo.data import datasets as datasets_module
+from cnnzoo.data import load_dataset
 from cnnzoo.data.datasets import DatasetEntry, TensorSplit, dataset_names, register_dataset
 from cnnzoo.errors import UsageError
 
