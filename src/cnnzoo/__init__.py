@@ -4,22 +4,26 @@ from cnnzoo.analysis.flops import count_macs
 from cnnzoo.analysis.summary import summary
 from cnnzoo.optimize import optimize
 from cnnzoo.registry import create_model, list_models, model_info
-from cnnzoo.train import TrainConfig, Trainer, fit
+from cnnzoo.train import History, TrainConfig, Trainer, callbacks, evaluate, fit, predict
 from cnnzoo.weights import load_weights, save_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "History",
     "TrainConfig",
     "Trainer",
     "__version__",
+    "callbacks",
     "count_macs",
     "create_model",
+    "evaluate",
     "fit",
     "list_models",
     "load_weights",
     "model_info",
     "optimize",
+    "predict",
     "save_weights",
     "summary",
 ]
