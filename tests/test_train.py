@@ -26,7 +26,8 @@ DIGITS = dict(model="lenet5", dataset="digits", batch_size=32, lr=3e-3, augment=
 
 def test_lenet5_learns_digits_and_writes_a_complete_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    metrics = fit(**{**DIGITS, "tensorboard": True, "plots": True}, epochs=5, output_dir=str(run))
+    history = fit(**{**DIGITS, "tensorboard": True, "plots": True}, epochs=5, output_dir=str(run))
+    metrics = history.metrics
     # Measured: 97.2 % after 5 epochs (8x8 digits resized to LeNet's 32x32).
     assert metrics["test_top1"] >= 0.95
     assert metrics["test_top5"] >= metrics["test_top1"]
@@ -65,7 +66,7 @@ def test_lenet5_fashion_mnist_one_epoch(tmp_path: Path) -> None:
     metrics = fit(
         "lenet5", "fashion_mnist", epochs=1, batch_size=64, lr=2e-3, augment="none",
         output_dir=str(tmp_path / "r"), **FAST,
-    )  # fmt: skip
+    ).metrics  # fmt: skip
     # Measured 0.848 after one epoch, ~15 s of CPU (the seeds' tutorial: 0.877 after three
     # epochs, in 151 s).
     assert metrics["test_top1"] >= 0.83
@@ -207,3 +208,125 @@ def test_missing_data_exits_1(tmp_path: Path, capsys) -> None:
                  str(tmp_path / "nothing"), "-o", str(tmp_path / "r")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 1 and "cifar" in err.lower() and len(err.splitlines()) == 1
+
+
+def test_resnets_get_the_small_input_stem_for_small_images() -> None:
+    kwargs, size, note = plan_input("resnet18", 10, 1, (28, 28), {})
+    assert kwargs == {"small_input": True} and size is None and "small_input=True" in note
+    # Weights made for the ImageNet stem keep it.
+    assert plan_input("resnet18", 10, 1, (28, 28), {}, small_input=False)[0] == {}
+    assert plan_input("resnet18", 10, 3, (224, 224), {})[0] == {}
+
+
+def test_overwrite_removes_only_what_cnnzoo_wrote(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--quiet",
+            "--num-threads", "1", "--no-plots", "-o", str(run)]  # fmt: skip
+    assert main(args) == 0
+    (run / "notes.txt").write_text("mine")
+    (run / "mine").mkdir()
+    assert main([*args, "--overwrite"]) == 0
+    assert (run / "notes.txt").read_text() == "mine" and (run / "mine").is_dir()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # the old run's events are gone
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_into(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"name": "my web app"}')
+    (folder / "history.csv").write_text("my,own,data\n")
+    for extra in ([], ["--overwrite"]):
+        code = main(["train", "--model", "lenet5", "--dataset", "digits", "-o", str(folder),
+                     *extra])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "is not a cnnzoo run" in err and len(err.splitlines()) == 1
+    assert (folder / "config.json").read_text() == '{"name": "my web app"}'
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "history.csv"]
+
+
+def test_a_run_in_use_is_refused_with_the_holders_pid(tmp_path: Path, capsys) -> None:
+    import os
+
+    from cnnzoo.rundir import RunDir
+
+    run = tmp_path / "run"
+    holder = RunDir(run)
+    holder.prepare(resume=False, overwrite=False, epochs=1)
+    try:
+        code = main(["train", "--model", "lenet5", "--dataset", "digits", "-o", str(run)])
+        err = capsys.readouterr().err
+        assert code == 1 and f"is in use by pid {os.getpid()}" in err
+    finally:
+        holder.unlock()
+    assert not (run / "config.json").exists()
+
+
+def test_a_start_that_fails_leaves_no_half_made_run(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "new"
+    code = main(["train", "--model", "resnet20", "--dataset", "cifar10", "--data-dir",
+                 str(tmp_path / "nothing"), "-o", str(run)])  # fmt: skip
+    assert code == 1 and not run.exists()
+    capsys.readouterr()
+    code = main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--quiet",
+                 "--num-threads", "1", "--no-plots", "-o", str(run)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err  # the corrected command is not blocked
+
+
+def test_resume_refuses_weights_without_their_state(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    fit(**DIGITS, epochs=1, output_dir=str(run))
+    (run / "metrics.json").unlink()
+    (run / "last.state.pt").unlink()
+    best = (run / "best.safetensors").read_bytes()
+    code = main(["train", "--resume", str(run), "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "last.state.pt" in err and "missing" in err
+    assert (run / "best.safetensors").read_bytes() == best  # nothing was overwritten
+
+
+def test_fit_restores_the_callers_torch_settings(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(**{**DIGITS, "num_threads": 1}, epochs=1, deterministic=True,
+            output_dir=str(tmp_path / "r"))  # fmt: skip
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch) -> None:
+    import os
+
+    from cnnzoo.train.hardware import default_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert default_threads() == 8 and default_threads(processes_here=2) == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    assert default_threads() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert default_threads() == 1
+
+
+def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:
+    """A truncated JPEG passes the header check; each epoch that drops it says so."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnzoo.data import DataWarning
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / label / f"{i}.png")
+    jpeg = tmp_path / "photos" / "a" / "broken.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:-1000])
+    with pytest.warns(DataWarning, match="failed to decode this epoch") as caught:
+        fit(model="lenet5", dataset=f"imagefolder:{tmp_path / 'photos'}", split=[17, 0, 0],
+            val_split=0.0, epochs=2, batch_size=4, num_workers=0,
+            output_dir=str(tmp_path / "r"), **FAST)  # fmt: skip
+    assert sum(issubclass(w.category, DataWarning) for w in caught) == 2

@@ -30,8 +30,8 @@ def pretrained(tmp_path_factory) -> Path:
 
 def fine_tune(run: Path, pretrained: Path, **options: object) -> Path:
     """resnet20 on digits from ``pretrained`` with a frozen backbone (plus ``options``)."""
-    metrics = fit(model="resnet20", output_dir=str(run), pretrained=str(pretrained),
-                  freeze="backbone", **DIGITS, **options)  # fmt: skip
+    metrics = fit(model="resnet20", output_dir=str(run), weights=str(pretrained),
+                  freeze="backbone", **DIGITS, **options).metrics  # fmt: skip
     # The run scores its test split with the statistics it trained with (ImageNet's), as a
     # later `cnnzoo evaluate` of the run does.
     assert evaluate_run(run)[0].top1 == pytest.approx(metrics["test_top1"], abs=1e-9)
@@ -53,7 +53,7 @@ def test_frozen_backbone_keeps_pretrained_weights_and_statistics(tmp_path, pretr
         assert torch.equal(after_backbone[key], value), key
     assert not torch.equal(after_head["fc.weight"], before_head["fc.weight"])
     config = json.loads((run / "config.json").read_text())
-    assert config["pretrained"] == str(pretrained) and config["freeze"] == "backbone"
+    assert config["weights"] == str(pretrained) and config["freeze"] == "backbone"
     # Pretrained weights come with ImageNet statistics (their grey average for 1 channel).
     assert config["data"]["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
 
@@ -73,7 +73,7 @@ def test_pretrained_classifier_for_other_classes_is_replaced(tmp_path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(donor.state_dict(), path)
     run = tmp_path / "run"
-    fit(model="resnet18", epochs=1, output_dir=str(run), pretrained=str(path), freeze="backbone",
+    fit(model="resnet18", epochs=1, output_dir=str(run), weights=str(path), freeze="backbone",
         **DIGITS)  # fmt: skip
     trained = load_file(run / "last.safetensors")
     assert trained["fc.weight"].shape == (10, 512)
@@ -143,6 +143,7 @@ def test_fast_data_path_learns_as_well_as_a_plain_dataloader() -> None:
     epochs, batch = 5, 32
     fast = fit(model="lenet5", epochs=epochs, val_split=0.0, seed=0, weight_decay=0.0,
                schedule="none", optimizer="adam", **{**DIGITS, "batch_size": batch})  # fmt: skip
+    fast = fast.metrics
 
     bundle = load_dataset("digits", val_split=0.0)
     mean, std = bundle.mean[0], bundle.std[0]

@@ -35,6 +35,7 @@ __all__ = [
     "defer_sigint",
     "load_checkpoint",
     "save_checkpoint",
+    "weights_bytes",
 ]
 
 TMP_MARK = ".tmp-"
@@ -125,7 +126,7 @@ def defer_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _weights_bytes(weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+def weights_bytes(weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     # safetensors wants contiguous tensors without shared storage; a CPU copy gives both.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
     return safetensors_bytes(tensors, metadata=dict(metadata))
@@ -158,7 +159,7 @@ def save_checkpoint(
     token = uuid.uuid4().hex
     epoch = int(state["epoch"])
     meta = {**(metadata or {}), "format": "pt", "epoch": str(epoch), "token": token}
-    weights_tmp = _write_temp(weights_path, _weights_bytes(weights, meta))
+    weights_tmp = _write_temp(weights_path, weights_bytes(weights, meta))
     try:
         state_tmp = _write_temp(state_path, _state_bytes({**state, "token": token}))
     except BaseException:

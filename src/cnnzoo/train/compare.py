@@ -75,7 +75,7 @@ def compare(items: Sequence[str], *, output_dir: str | Path, **recipe: Any) -> l
     ``output_dir/NAME``, or read each finished run directory; write compare.json, compare.csv and
     the accuracy-vs-multiply-adds scatter ``compare.png`` into ``output_dir``."""
     from cnnzoo.analysis.plots import plot_accuracy_vs_macs
-    from cnnzoo.train.trainer import fit
+    from cnnzoo.train.api import fit
 
     check_items(items)
     output_dir = Path(output_dir)

@@ -52,8 +52,13 @@ class LRSchedule:
     """Sets every group's lr before each optimizer step: peak lr x warmup x schedule x plateau.
 
     One object for every schedule (instead of chaining torch schedulers) so that warmup,
-    per-iteration stepping and reduce-on-plateau compose, and so that its whole state is three
-    numbers that checkpoint as plain Python values.
+    per-iteration stepping and reduce-on-plateau (``plateau_scale``) compose, and so that its
+    whole state is a few numbers that checkpoint as plain Python values.
+
+    The curve is planned over the run's epochs when it starts. A resumed run given more epochs
+    keeps that plan and adds a second segment over the added epochs, in which the cosine and
+    one-cycle curves restart (SGDR, Loshchilov & Hutter 2017) and the step schedule holds its
+    last value, instead of stretching the curve under the epochs already trained.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -61,42 +66,52 @@ class LRSchedule:
         self.peak_lr = float(cfg.lr)  # type: ignore[arg-type]
         self.kind = cfg.schedule
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
-        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.total_steps = max(1, int(cfg.epochs) * steps_per_epoch)  # type: ignore[arg-type]
+        self.planned_steps = self.total_steps
+        self.warmup_steps = int(round(float(cfg.warmup_epochs or 0) * steps_per_epoch))
         self.min_ratio = cfg.min_lr_ratio
         self.gamma = cfg.gamma
-        if cfg.milestones:
-            self.milestones = sorted(cfg.milestones)
-        else:
-            size = cfg.step_size or max(1, cfg.epochs // 3)
-            self.milestones = list(range(size, cfg.epochs, size))
-        self.plateau_factor = cfg.plateau_factor
-        self.plateau_patience = cfg.plateau_patience
+        self.milestones = sorted(cfg.milestones) if cfg.milestones else None
+        self.step_size = cfg.step_size
         # state
         self.step_count = 0
         self.plateau_scale = 1.0
-        self.plateau_best: float | None = None
-        self.plateau_bad = 0
+
+    @property
+    def extended(self) -> bool:
+        """Whether the run was given epochs beyond those the curve was planned for."""
+        return self.total_steps > self.planned_steps
 
     def factor(self, step: int) -> float:
+        if step >= self.planned_steps and self.kind in ("cosine", "onecycle"):
+            return self._curve(step - self.planned_steps, self.total_steps - self.planned_steps, 0)
+        return self._curve(step, self.planned_steps, self.warmup_steps)
+
+    def _curve(self, step: int, total: int, warmup: int) -> float:
+        total = max(1, total)
         if self.kind == "onecycle":
             # Smith & Topin 2017: cosine up from peak/25 over 30 % of the run, then down to
             # peak/1e4; it has its own warmup, so --warmup-epochs does not apply.
-            up = max(1, int(0.3 * self.total_steps))
+            up = max(1, int(0.3 * total))
             if step < up:
-                t = step / up
-                return _cos_between(1 / 25, 1.0, t)
-            t = (step - up) / max(1, self.total_steps - up)
-            return _cos_between(1.0, 1 / 1e4, min(1.0, t))
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+                return _cos_between(1 / 25, 1.0, step / up)
+            return _cos_between(1.0, 1 / 1e4, min(1.0, (step - up) / max(1, total - up)))
+        if step < warmup:
+            return (step + 1) / warmup
         if self.kind == "cosine":
-            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            t = (step - warmup) / max(1, total - warmup)
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1)))
         if self.kind == "step":
             epoch = step // self.steps_per_epoch
-            return self.gamma ** sum(epoch >= m for m in self.milestones)
+            return self.gamma ** sum(epoch >= m for m in self._milestones())
         return 1.0
+
+    def _milestones(self) -> list[int]:
+        if self.milestones:
+            return self.milestones
+        epochs = max(1, self.planned_steps // self.steps_per_epoch)
+        size = self.step_size or max(1, epochs // 3)
+        return list(range(size, epochs, size))
 
     def current_lr(self) -> float:
         return self.peak_lr * self.factor(self.step_count) * self.plateau_scale
@@ -111,33 +126,18 @@ class LRSchedule:
     def advance(self) -> None:
         self.step_count += 1
 
-    def plateau_update(self, value: float, higher_is_better: bool, min_delta: float) -> bool:
-        """Reduce-on-plateau bookkeeping at the end of an epoch; True when the lr was cut."""
-        score = value if higher_is_better else -value
-        if self.plateau_best is None or score > self.plateau_best + min_delta:
-            self.plateau_best = score
-            self.plateau_bad = 0
-            return False
-        self.plateau_bad += 1
-        if self.plateau_bad > self.plateau_patience:
-            self.plateau_scale *= self.plateau_factor
-            self.plateau_bad = 0
-            return True
-        return False
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "step_count": self.step_count,
             "plateau_scale": self.plateau_scale,
-            "plateau_best": self.plateau_best,
-            "plateau_bad": self.plateau_bad,
+            "planned_steps": self.planned_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
         self.plateau_scale = float(state["plateau_scale"])
-        self.plateau_best = state["plateau_best"]
-        self.plateau_bad = int(state["plateau_bad"])
+        # Checkpoints of earlier versions did not record the plan: their epochs are the plan.
+        self.planned_steps = int(state.get("planned_steps", self.total_steps))
 
 
 def _cos_between(start: float, end: float, t: float) -> float:

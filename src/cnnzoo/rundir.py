@@ -1,0 +1,336 @@
+"""The run directory: the one place that knows what `cnnzoo train` writes and where.
+
+A run directory holds
+
+* ``config.json``: every :class:`~cnnzoo.train.TrainConfig` field, plus a ``data`` section with
+  what the run learnt about its data (classes, channels, input size, normalisation) so that a
+  reader can rebuild the model without loading the dataset;
+* ``best`` and ``last`` checkpoints, each a pair ``TAG.safetensors`` (weights, with the model and
+  data facts in the file's metadata) + ``TAG.state.pt`` (optimizer, schedule, RNG, callbacks, ...;
+  see :mod:`cnnzoo.train.checkpoint`);
+* ``history.csv`` (one row per epoch), ``metrics.json`` (the final test metrics), ``train.log``,
+  TensorBoard event files and the plots ``history.png`` / ``confusion_matrix.png``;
+* ``.cnnzoo.lock`` while a process trains in it.
+
+A folder counts as a run only when its ``config.json`` is a cnnzoo run config; ``--overwrite``
+removes only the files listed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnzoo.errors import CnnzooError, UsageError
+from cnnzoo.train.checkpoint import (
+    Checkpoint,
+    atomic_write_bytes,
+    checkpoint_exists,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnzoo.train.config import TrainConfig
+
+__all__ = [
+    "HISTORY_FIELDS",
+    "RUN_FILES",
+    "RunDir",
+    "data_facts",
+    "default_run_dir",
+    "is_run_config",
+    "weights_metadata",
+]
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+)
+CHECKPOINT_TAGS = ("best", "last")
+# Every file cnnzoo writes into a run (TensorBoard's event files besides: EVENTS).
+RUN_FILES = (
+    "config.json",
+    "history.csv",
+    "metrics.json",
+    "train.log",
+    *(f"{tag}{suffix}" for tag in CHECKPOINT_TAGS
+      for suffix in (".safetensors", ".state.pt", ".safetensors.prev")),
+    "history.png",
+    "confusion_matrix.png",
+)  # fmt: skip
+EVENTS = "events.out.tfevents.*"
+LOCK_FILE = ".cnnzoo.lock"
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json that `cnnzoo train` wrote (or could have)."""
+    from cnnzoo.train.config import TrainConfig
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        return False
+    try:
+        TrainConfig.check_fields(data, str(path))
+    except UsageError:
+        return False
+    return True
+
+
+class RunDir:
+    """One run directory: preparing it, locking it, and reading and writing its files."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.history_path = self.path / "history.csv"
+        self.metrics_path = self.path / "metrics.json"
+        self.log_path = self.path / "train.log"
+        self.history_plot = self.path / "history.png"
+        self.confusion_plot = self.path / "confusion_matrix.png"
+        self._lock_fd: int | None = None
+        self._created = False  # this process made the folder (abandon() may remove it)
+        self._written: set[str] = set()  # files this process wrote
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ the folder
+    def holds_run(self) -> bool:
+        return self.config_path.is_file() and is_run_config(self.config_path)
+
+    def prepare(self, *, resume: bool, overwrite: bool, epochs: int) -> None:
+        """Make the folder ready for a new run (or for resuming one), holding its lock.
+
+        A folder with another run needs ``resume`` or ``overwrite``; ``overwrite`` removes only
+        the files cnnzoo writes. A folder that is not a run but has files of a run's names is
+        never written into. Resuming a finished run needs more ``epochs`` than it ran.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--output-dir {self.path} exists and is not a directory")
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        try:
+            self._check_contents(resume=resume, overwrite=overwrite, epochs=epochs)
+        except BaseException:
+            self.abandon()
+            raise
+        remove_stale_temps(self.path)
+
+    def _check_contents(self, *, resume: bool, overwrite: bool, epochs: int) -> None:
+        theirs = [name for name in RUN_FILES if (self.path / name).exists()]
+        if theirs and not self.holds_run():
+            raise UsageError(
+                f"{self.path} is not a cnnzoo run but holds {', '.join(theirs[:4])}; cnnzoo will "
+                "not write over them: pick another --output-dir"
+            )
+        if resume:
+            self._check_resumable(epochs)
+        elif theirs:
+            if not overwrite:
+                raise UsageError(
+                    f"{self.path} already holds a training run; continue it with --resume "
+                    f"{self.path}, replace it with --overwrite, or pick another --output-dir"
+                )
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            for events in self.path.glob(EVENTS):
+                events.unlink()
+
+    def _check_resumable(self, epochs: int) -> None:
+        if (self.path / "last.safetensors").exists() and not checkpoint_exists(self.path, "last"):
+            raise CnnzooError(
+                f"cannot resume {self.path}: last.safetensors is there but last.state.pt (the "
+                "optimizer, schedule and epoch) is missing; restore it, or start again with "
+                "--overwrite"
+            )
+        done = self.read_metrics()
+        if done is not None:
+            if int(done.get("epochs_run", 0)) >= epochs or done.get("stopped_early"):
+                raise UsageError(
+                    f"{self.path} is already complete ({done.get('epochs_run')} epochs); pass a "
+                    "larger --epochs to train it further"
+                )
+            self.metrics_path.unlink()
+
+    def lock(self) -> None:
+        """Hold ``.cnnzoo.lock`` (flock) until :meth:`unlock` or exit; another process that
+        holds it makes this a CnnzooError naming its pid."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; runs are not guarded there
+            return
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CnnzooError(
+                f"{self.path} is in use by pid {holder}; wait for it or pick another --output-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def abandon(self) -> None:
+        """Undo a start that failed before training: remove what this process wrote, and the
+        folder when this process made it and nothing else is in it."""
+        for name in self._written:
+            (self.path / name).unlink(missing_ok=True)
+        self._written.clear()
+        self.unlock()
+        if self._created:
+            with contextlib.suppress(OSError):  # something else is in it: leave it
+                self.path.rmdir()
+
+    # ------------------------------------------------------------------ files
+    def _write(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.path / name, data)
+        self._written.add(name)
+
+    def write_config(self, config: TrainConfig, data: Mapping[str, Any]) -> None:
+        """config.json: the run's fields and the ``data`` facts section."""
+        text = json.dumps({**config.to_dict(), "data": dict(data)}, indent=2, sort_keys=True)
+        self._write("config.json", (text + "\n").encode())
+
+    def read_config(self) -> TrainConfig:
+        """The run's TrainConfig, checked field by field (a UsageError names the field)."""
+        from cnnzoo.train.config import TrainConfig
+
+        if not self.config_path.is_file():
+            raise UsageError(f"{self.path} holds no training run (no config.json)")
+        return TrainConfig.load(self.config_path)
+
+    def write_history(
+        self, rows: Sequence[Mapping[str, Any]], path: str | Path | None = None
+    ) -> None:
+        """history.csv (or ``path``, relative to the run): one row per epoch, written whole."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_FIELDS})
+        if path is None:
+            self._write("history.csv", buffer.getvalue().encode())
+        else:
+            atomic_write_bytes(self._inside(path), buffer.getvalue().encode())
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        self._write("metrics.json", (json.dumps(dict(metrics), indent=2) + "\n").encode())
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        if not self.metrics_path.is_file():
+            return None
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CnnzooError(f"{self.metrics_path}: unreadable ({exc})") from None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(
+        self,
+        tag: str,
+        weights: Mapping[str, torch.Tensor],
+        state: Mapping[str, Any],
+        metadata: Mapping[str, str],
+    ) -> None:
+        save_checkpoint(self.path, tag, weights, state, metadata)
+        self._written.update({f"{tag}.safetensors", f"{tag}.state.pt"})
+
+    def load_checkpoint(self, tag: str) -> Checkpoint:
+        return load_checkpoint(self.path, tag)
+
+    def has_checkpoint(self, tag: str) -> bool:
+        return checkpoint_exists(self.path, tag)
+
+    def save_weights(
+        self, path: str | Path, weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+    ) -> Path:
+        """Weights alone (a ModelCheckpoint's own file), relative paths inside the run."""
+        from cnnzoo.train.checkpoint import weights_bytes
+
+        target = self._inside(path)
+        atomic_write_bytes(target, weights_bytes(weights, metadata))
+        return target
+
+    def _inside(self, path: str | Path) -> Path:
+        """``path`` resolved against the run directory, its folder created."""
+        target = Path(path)
+        target = target if target.is_absolute() else self.path / target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+def default_run_dir(model: str, dataset: str) -> Path:
+    """``runs/MODEL-DATASET-TIME``, where a run goes without ``--output-dir``."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.split(":", 1)[0])
+    return Path("runs") / f"{model}-{slug}-{stamp}"
+
+
+def data_facts(
+    bundle: Any,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int | None,
+    input_note: str,
+) -> dict[str, Any]:
+    """config.json's ``data`` section: what evaluate / predict need to rebuild the input."""
+    return {
+        "name": bundle.name,
+        "num_classes": bundle.num_classes,
+        "in_chans": bundle.channels,
+        "class_names": list(bundle.class_names),
+        "mean": list(mean),
+        "std": list(std),
+        "image_size": image_size or max(bundle.image_size),
+        "stored_image_size": list(bundle.image_size),
+        "input": input_note,
+    }
+
+
+def weights_metadata(model: str, model_kwargs: Mapping[str, Any], facts: Mapping[str, Any]
+                     ) -> dict[str, str]:  # fmt: skip
+    """The strings a checkpoint's safetensors header carries (a file alone rebuilds its model)."""
+    return {
+        "model": str(model),
+        "model_kwargs": json.dumps(dict(model_kwargs)),
+        "num_classes": str(facts["num_classes"]),
+        "in_chans": str(facts["in_chans"]),
+        "image_size": str(facts["image_size"]),
+        "dataset": str(facts["name"]),
+        "class_names": json.dumps(list(facts["class_names"])),
+        "mean": json.dumps(list(facts["mean"])),
+        "std": json.dumps(list(facts["std"])),
+    }

@@ -1,0 +1,147 @@
+"""Keras' callback protocol, and the list the trainer calls.
+
+A callback's hooks get Keras' arguments: ``epoch`` and ``batch`` are 0-based, and ``logs`` uses
+Keras' names: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr`` (plus ``seconds``
+and ``images_per_s``). Batch logs hold the epoch's running ``loss`` and ``accuracy``, refreshed
+every ``progress_every`` steps (the trainer reads values off the device only then). Setting
+``trainer.stop_training = True`` ends training after the current batch (from a batch hook) or
+epoch. ``on_test_begin/end`` surround the final scoring on the test split (not the per-epoch
+validation); ``close()`` is called once when the run ends, however it ends.
+
+Under DistributedDataParallel every rank calls every callback, except those whose class sets
+``main_process_only = True`` (files and printing: ModelCheckpoint, CSVLogger, TensorBoard,
+ProgressBar, Plots), which run on rank 0 only. Logs are reduced over ranks before the hooks run,
+so callbacks that decide (EarlyStopping, ReduceLROnPlateau) decide the same on every rank;
+``stop_training`` set on any rank stops every rank.
+
+A callback's :meth:`state_dict` goes into the run's ``last`` checkpoint, so a resumed run
+continues its counters and bests; it must hold plain Python values and tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from cnnzoo.train.trainer import Trainer
+
+__all__ = ["Callback", "CallbackList", "Monitor"]
+
+C = TypeVar("C", bound="Callback")
+
+
+class Callback:
+    """Base class: override the hooks you need (Keras' names and arguments)."""
+
+    main_process_only = False
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.model: Any = None
+
+    def set_trainer(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.model = trainer.model
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None: ...
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None: ...
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None: ...
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None: ...
+    def close(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+class CallbackList:
+    """The callbacks of one run, called in order (main-process-only ones on rank 0 only)."""
+
+    def __init__(self, callbacks: Iterable[Callback], is_main: bool = True) -> None:
+        self.callbacks = list(callbacks)
+        self.is_main = is_main
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+    def find(self, kind: type[C]) -> list[C]:
+        return [cb for cb in self.callbacks if isinstance(cb, kind)]
+
+    def set_trainer(self, trainer: Trainer) -> None:
+        for callback in self.callbacks:
+            callback.set_trainer(trainer)
+
+    def call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            if self.is_main or not callback.main_process_only:
+                getattr(callback, hook)(*args)
+
+    def close(self) -> None:
+        for callback in self.callbacks:
+            callback.close()
+
+    def _keys(self) -> list[str]:
+        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks, strict=True)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
+        """Restore each callback's state; the keys of saved states no callback took (the run was
+        saved with other callbacks) are returned, for a warning."""
+        keys = self._keys()
+        for key, callback in zip(keys, self.callbacks, strict=True):
+            if key in state:
+                callback.load_state_dict(state[key])
+        return [key for key in state if key not in keys]
+
+
+class Monitor:
+    """A monitored quantity and its direction, with Keras' improvement rule (``min_delta``
+    must be beaten: ``current < best - min_delta`` for ``min``)."""
+
+    def __init__(self, name: str, mode: str = "auto", min_delta: float = 0.0) -> None:
+        from cnnzoo.train.config import canonical_monitor
+
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be auto, min or max; got {mode!r}")
+        self.name = canonical_monitor(name)
+        higher = any(word in self.name for word in ("acc", "top", "f1", "auc"))
+        self.higher_is_better = mode == "max" or (mode == "auto" and higher)
+        self.min_delta = abs(min_delta)
+        self._warned = False
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+    def worst(self) -> float:
+        return -math.inf if self.higher_is_better else math.inf
+
+    def improved(self, current: float, best: float | None) -> bool:
+        if best is None:
+            best = self.worst()
+        if self.higher_is_better:
+            return current - self.min_delta > best
+        return current + self.min_delta < best
+
+    def value(self, logs: dict[str, Any] | None, owner: str) -> float | None:
+        """The monitored value in ``logs``; a missing one warns once (as Keras does)."""
+        value = (logs or {}).get(self.name)
+        if value is None and not self._warned:
+            self._warned = True
+            available = ", ".join(sorted(logs or {})) or "none"
+            warnings.warn(
+                f"{owner}: {self.name} is not in the logs (available: {available}); skipping",
+                stacklevel=3,
+            )
+        return None if value is None else float(value)

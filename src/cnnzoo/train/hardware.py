@@ -1,0 +1,96 @@
+"""Devices, CPU threads, determinism and autocast: the global settings a run changes, and how
+they are put back when the run returns."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from cnnzoo.errors import UsageError
+
+__all__ = ["TorchSettings", "amp_dtype", "default_threads", "resolve_device"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device`` (auto, cpu, cuda, mps, ...) -> the device, or a UsageError saying why not."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but CUDA is not available here")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def default_threads(processes_here: int = 1) -> int:
+    """CPU threads for one of ``processes_here`` training processes on this machine.
+
+    The cores other processes leave free (from the 1-minute load average), at least one. OpenMP
+    threads wait for each other at every parallel region; when another process holds a core, a
+    thread scheduled out stalls the rest (measured: one LeNet-5 epoch took 144 s with 2 threads
+    on 2 busy cores, 10 s with one; benchmarks/threads.py).
+    """
+    cores = max(1, (os.cpu_count() or 1) // max(1, processes_here))
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): use every core
+        return cores
+    return max(1, min(cores, int((os.cpu_count() or 1) - busy + 0.5) // max(1, processes_here)))
+
+
+class TorchSettings:
+    """A run's threads and determinism: :meth:`apply` them, :meth:`restore` the caller's."""
+
+    def __init__(self, threads: int | None, deterministic: bool, device: torch.device) -> None:
+        self.threads, self.deterministic, self.device = threads, deterministic, device
+        self.saved: tuple[Any, ...] | None = None
+
+    def apply(self) -> None:
+        self.saved = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+        )
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        threads, deterministic, warn_only, cudnn_deterministic, benchmark = self.saved
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = benchmark
+        self.saved = None
+
+
+def amp_dtype(enabled: bool, requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` / ``--amp-dtype`` on ``device`` (None: full precision)."""
+    if not enabled:
+        return None
+    if requested == "fp16":
+        return torch.float16
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.bfloat16

@@ -1,0 +1,187 @@
+"""How a model meets the data: builder options, batch resizing and input normalisation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from cnnzoo.errors import UsageError
+
+__all__ = [
+    "SMALL_INPUT_SIDE",
+    "build_model",
+    "imagenet_stats",
+    "make_loaders",
+    "plan_input",
+    "plan_run",
+]
+
+# Images up to this side get the small-input stem where a model has one: an ImageNet stem
+# (stride-2 convolution and max-pool) would shrink 28-32 px images to 7-8 px before the first
+# block and 1 px before the last.
+SMALL_INPUT_SIDE = 64
+
+
+def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for ``channels`` (their average for grey or other channel counts)."""
+    from cnnzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    mean = sum(IMAGENET_MEAN) / 3
+    std = sum(IMAGENET_STD) / 3
+    return (mean,) * channels, (std,) * channels
+
+
+def _accepts(model: Any, channels: int, height: int, width: int) -> bool:
+    try:
+        model.check_input(torch.empty(1, channels, height, width, device="meta"))
+    except ValueError:
+        return False
+    return True
+
+
+def _build_on_meta(name: str, num_classes: int, channels: int, kwargs: dict[str, Any]) -> Any:
+    from cnnzoo.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(name, num_classes=num_classes, in_chans=channels, **kwargs)
+    except TypeError as exc:  # an option the builder does not take (--model-arg)
+        raise UsageError(f"{name}: {exc}") from None
+
+
+def plan_input(
+    model_name: str,
+    num_classes: int,
+    channels: int,
+    image_hw: tuple[int, int],
+    model_kwargs: dict[str, Any],
+    image_size: int | None = None,
+    small_input: bool = True,
+) -> tuple[dict[str, Any], int | None, str]:
+    """Decide how ``model_name`` meets images of ``image_hw``: (model kwargs, resize side, note).
+
+    Images up to :data:`SMALL_INPUT_SIDE` get ``small_input=True`` where the model supports it,
+    the option was not given and ``small_input`` allows it (starting from weights made for the
+    ImageNet stem, it does not). Batches are resized to ``image_size`` when given, else only
+    when the model cannot take the stored size: to its fixed size or to the multiple of 32 at or
+    above its minimum. An auxiliary classifier that cannot train at the planned size (Inception-v3
+    below 299 px) is left out. The plan is made on the meta device, so nothing is allocated.
+    """
+    kwargs, side, note = _plan_size(model_name, num_classes, channels, image_hw, model_kwargs,
+                                    image_size, small_input)  # fmt: skip
+    model = _build_on_meta(model_name, num_classes, channels, kwargs)
+    least = getattr(model, "aux_min_input_size", None)
+    trained_at = side or min(image_hw)
+    if least and getattr(model, "aux_logits", False) and "aux_logits" not in kwargs \
+            and trained_at < least:  # fmt: skip
+        kwargs = {**kwargs, "aux_logits": False}
+        note += f"; auxiliary classifier left out (it needs {least} px)"
+    return kwargs, side, note
+
+
+def _plan_size(
+    model_name: str,
+    num_classes: int,
+    channels: int,
+    image_hw: tuple[int, int],
+    model_kwargs: dict[str, Any],
+    image_size: int | None = None,
+    small_input: bool = True,
+) -> tuple[dict[str, Any], int | None, str]:
+    height, width = image_hw
+    model = _build_on_meta(model_name, num_classes, channels, model_kwargs)
+    side = image_size or max(height, width)
+    if (
+        small_input
+        and getattr(type(model), "supports_small_input", False)
+        and "small_input" not in model_kwargs
+        and side <= SMALL_INPUT_SIDE
+    ):
+        small_kwargs = {**model_kwargs, "small_input": True}
+        small = _build_on_meta(model_name, num_classes, channels, small_kwargs)
+        resize = image_size or (None if _accepts(small, channels, height, width) else
+                                _least_side(small))  # fmt: skip
+        if resize is None or _accepts(small, channels, resize, resize):
+            note = f"{model_name} built with small_input=True for {height}x{width} images"
+            resized = f", resized to {resize}x{resize}" if resize else ""
+            return small_kwargs, resize, note + resized
+    if image_size is not None:
+        if not _accepts(model, channels, image_size, image_size):
+            raise UsageError(
+                f"{model_name} cannot take {image_size}x{image_size} inputs (minimum "
+                f"{model.min_input_size}"
+                + (f", exactly {model.fixed_input_size}" if model.fixed_input_size else "")
+                + ")"
+            )
+        return model_kwargs, image_size, f"resizing batches to {image_size}x{image_size}"
+    if _accepts(model, channels, height, width):
+        return model_kwargs, None, f"{height}x{width} images fit {model_name} as they are"
+    resize = _least_side(model)
+    return (
+        model_kwargs,
+        resize,
+        f"{model_name} needs {'exactly' if model.fixed_input_size else 'at least'} "
+        f"{model.fixed_input_size or model.min_input_size} px; resizing batches from "
+        f"{height}x{width} to {resize}x{resize}",
+    )
+
+
+def _least_side(model: Any) -> int:
+    """The model's fixed side, else the multiple of 32 at or above its minimum."""
+    return model.fixed_input_size or max(32, 32 * math.ceil(model.min_input_size / 32))
+
+
+def plan_run(
+    config: Any, bundle: Any, given_model: Any = None
+) -> tuple[dict[str, Any], int | None, str]:
+    """:func:`plan_input` for a run's config and data; a model given ready-made is fed the
+    images as they are (or at ``config.image_size``)."""
+    if given_model is not None:
+        side = config.image_size
+        height, width = bundle.image_size
+        if side is None and hasattr(given_model, "check_input"):
+            if not _accepts(given_model, bundle.channels, height, width):
+                side = _least_side(given_model)
+        note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
+        return dict(config.model_kwargs), side, note
+    from cnnzoo.registry import list_models, unknown_model_message
+
+    if config.model not in list_models():
+        raise UsageError(unknown_model_message(config.model or ""))
+    return plan_input(config.model, bundle.num_classes, bundle.channels, bundle.image_size,
+                      dict(config.model_kwargs), config.image_size,
+                      small_input=not config.weights)  # fmt: skip
+
+
+def build_model(name: str, bundle: Any, kwargs: dict[str, Any]) -> Any:
+    """The zoo model ``name`` for ``bundle``'s classes and channels."""
+    from cnnzoo.registry import create_model
+
+    return create_model(name, num_classes=bundle.num_classes, in_chans=bundle.channels, **kwargs)
+
+
+def make_loaders(
+    config: Any, bundle: Any, mean: Any, std: Any, image_size: int | None, device: Any, dist: Any
+) -> tuple[dict[str, Any], Any, Any]:
+    """(the options every split's loader shares, the train loader, the val loader or None)."""
+    from cnnzoo.data import make_loader
+
+    options = dict(image_size=image_size, mean=mean, std=std, device=device, seed=config.seed,
+                   channels_last=config.channels_last, num_workers=config.num_workers)  # fmt: skip
+    ranks = dict(rank=dist.rank, world_size=dist.world_size)
+    per_rank = math.ceil(len(bundle.train) / dist.world_size)
+    batch = config.batch_size
+    train = make_loader(
+        bundle, "train", batch_size=batch, train=True, augment=config.augment,
+        random_erasing=config.random_erasing,
+        # A last batch of one sample would break BatchNorm in training mode.
+        drop_last=per_rank > batch and per_rank % batch == 1, **ranks, **options,
+    )  # fmt: skip
+    val = None
+    if bundle.val is not None and len(bundle.val) > 0:
+        val = make_loader(bundle, "val", batch_size=batch, **ranks, **options)
+    return options, train, val
