@@ -148,7 +148,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_no_temp_file(
 def test_weights_without_their_state_are_reported_not_ignored(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, "last", _weights(1), {"epoch": 1})
     (tmp_path / "last.state.pt").unlink()
-    assert checkpoint_exists(tmp_path, "last")
+    assert not checkpoint_exists(tmp_path, "last")
     with pytest.raises(WeightsError, match=r"last\.safetensors has no last\.state\.pt beside it"):
         load_checkpoint(tmp_path, "last")
 

@@ -263,9 +263,8 @@ class Checkpoint:
 
 
 def checkpoint_exists(run_dir: str | Path, tag: str) -> bool:
-    """Whether any part of checkpoint ``tag`` is there (loading it says what is missing)."""
-    weights_path, state_path, backup = _pair_paths(Path(run_dir), tag)
-    return state_path.is_file() or weights_path.is_file() or backup.is_file()
+    """Whether checkpoint ``tag`` has its state file (loading says what else may be missing)."""
+    return (Path(run_dir) / f"{tag}.state.pt").is_file()
 
 
 def load_checkpoint(run_dir: str | Path, tag: str) -> Checkpoint:
