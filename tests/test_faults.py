@@ -232,3 +232,63 @@ def test_a_failed_export_leaves_the_existing_file_alone(tmp_path: Path, monkeypa
         )
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+
+def test_sigterm_saves_says_how_to_resume_and_exits_143(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "cnnzoo", "train", "--model", "lenet5", "--dataset", "digits",
+            "--epochs", "40", "--batch-size", "16", "--quiet", "--num-threads", "1",
+            "--no-tensorboard", "--no-plots", "-o", str(run)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "last.state.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what a batch scheduler, docker stop or systemd sends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and f"cnnzoo train --resume {run}" in err
+    saved = load_checkpoint(run, "last")
+    assert saved.epoch >= 1 and len(saved.state["history"]) == saved.epoch
+
+
+# --- hand-edited run configs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: [], "expected a mapping of training options, got a list"),
+        (lambda c: {**c, "lr": "fast"}, "lr"),
+        (lambda c: {**c, "betas": 5}, "betas"),
+        (lambda c: {**c, "data": {**c["data"], "std": [0]}}, "std must be positive"),
+        (lambda c: {**c, "model": "lenet_caffe"}, "cannot load these weights into lenet_caffe"),
+    ],
+)
+def test_a_hand_edited_run_config_is_one_line_naming_the_field(
+    small_run: Path, capsys, edit, fragment: str
+) -> None:
+    import json
+
+    config_path = small_run / "config.json"
+    config_path.write_text(json.dumps(edit(json.loads(config_path.read_text()))))
+    photo = small_run.parent / "x.png"
+    from PIL import Image
+
+    Image.new("L", (32, 32), 128).save(photo)
+    code, err = _cli(["predict", str(small_run), str(photo)], capsys)
+    assert code in (1, 2), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err and "TypeError" not in err and "AttributeError" not in err
+    if fragment in ("lr", "betas", "expected a mapping"):
+        assert "config.json" in lines[0]

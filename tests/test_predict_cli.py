@@ -15,11 +15,12 @@ from sklearn.metrics import confusion_matrix
 
 import cnnzoo
 import cnnzoo.cli.main as cli_main
-from cnnzoo.analysis.predict import collect_images, load_run, predict_images
+from cnnzoo.analysis.predict import collect_images, predict_images
 from cnnzoo.cli.eval_cmd import evaluate_run
 from cnnzoo.data import load_dataset
 from cnnzoo.errors import DataError, WeightsError
 from cnnzoo.inference import load_model
+from cnnzoo.rundir import load_run
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.weights import save_weights
 

@@ -1,4 +1,9 @@
-"""Errors the command line reports as one line, without a traceback."""
+"""Errors the command line reports as one line, without a traceback, and its exit statuses."""
+
+EXIT_RUNTIME = 1  # a runtime problem: missing data, a corrupt file
+EXIT_USAGE = 2  # the request itself is wrong
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class CnnzooError(Exception):

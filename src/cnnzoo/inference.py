@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
 from cnnzoo.errors import CnnzooError, UsageError, WeightsError
 
-__all__ = ["InferenceModel", "load_model", "run_transform"]
+__all__ = ["InferenceModel", "load_model"]
 
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,23 +64,6 @@ class InferenceModel:
         mean = torch.tensor(self.mean, dtype=batch.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=batch.dtype).view(1, -1, 1, 1)
         return (batch.cpu() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
-
-
-def run_transform(config: dict[str, Any], model: nn.Module) -> EvalTransform:
-    """The evaluation transform of a run: its input side, normalisation and crop rule."""
-    from cnnzoo.analysis.predict import input_size_of, normalization_of
-
-    height, width = input_size_of(model, config)  # type: ignore[arg-type]
-    channels = int(config.get("in_chans") or 3)
-    mean, std = normalization_of(model, config, channels)  # type: ignore[arg-type]
-    dataset = str(config.get("dataset") or "")
-    crop = FOLDER_CROP_FRACTION if dataset.startswith("imagefolder:") else 1.0
-    return EvalTransform(
-        size=height if height == width else min(height, width),
-        mean=tuple(mean.flatten().tolist()),
-        std=tuple(std.flatten().tolist()),
-        crop_fraction=crop,
-    )
 
 
 def load_model(
@@ -133,7 +115,7 @@ def _inside_run(checkpoint: Path) -> bool:
 
 
 def _from_run(path: Path) -> InferenceModel:
-    from cnnzoo.analysis.predict import class_names_of, load_run
+    from cnnzoo.rundir import class_names_of, load_run, run_transform
 
     model, config = load_run(path)
     transform = run_transform(config, model)
@@ -282,7 +264,7 @@ def _generic(
 ) -> InferenceModel:
     """A model without a run or named weights: the model's own size and statistics, or what
     ``config`` (metadata a file carried) says."""
-    from cnnzoo.analysis.predict import class_names_of
+    from cnnzoo.rundir import class_names_of, run_transform
 
     config = {k: v for k, v in (config or {}).items() if v is not None}
     config.setdefault("in_chans", model.default_cfg["input_size"][0])

@@ -152,15 +152,15 @@ class WeightSpec:
             "crop_size": self.crop_size,
             "resize_size": self.resize_size,
             "interpolation": self.interpolation,
-            "mean": list(_fit_channels(self.mean, in_chans)),
-            "std": list(_fit_channels(self.std, in_chans)),
+            "mean": list(fit_channels(self.mean, in_chans)),
+            "std": list(fit_channels(self.std, in_chans)),
             "metrics": dict(self.metrics),
             "url": self.url,
             "file_name": self.file_name,
         }
 
 
-def _fit_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+def fit_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
     if len(values) == in_chans:
         return values
     return (sum(values) / len(values),) * in_chans

@@ -24,11 +24,15 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnzoo.errors import CnnzooError, UsageError
+import torch
+
+from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
+from cnnzoo.errors import CnnzooError, UsageError, WeightsError
 from cnnzoo.train.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -39,17 +43,22 @@ from cnnzoo.train.checkpoint import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
+    from cnnzoo.models.base import ZooModel
     from cnnzoo.train.config import TrainConfig
 
 __all__ = [
     "HISTORY_FIELDS",
     "RUN_FILES",
     "RunDir",
+    "class_names_of",
     "data_facts",
     "default_run_dir",
+    "input_size_of",
     "is_run_config",
+    "load_run",
+    "normalization_of",
+    "resolve_run",
+    "run_transform",
     "weights_metadata",
 ]
 
@@ -334,3 +343,211 @@ def weights_metadata(model: str, model_kwargs: Mapping[str, Any], facts: Mapping
         "mean": json.dumps(list(facts["mean"])),
         "std": json.dumps(list(facts["std"])),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# reading a run back for inference: the model, its class names, its evaluation transform
+
+CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+
+
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """Exception text on one line: state-dict errors list every key over many lines."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) for a run directory or a checkpoint inside one.
+
+    A directory gives its ``best.safetensors``, else its ``last.safetensors``.
+    """
+    path = Path(run_or_checkpoint)
+    if not path.exists():
+        raise CnnzooError(f"{path}: no such run directory or checkpoint file")
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path, path / name
+        raise WeightsError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} in this run directory")
+    return path.parent, path
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CnnzooError(
+            f"{run_dir}: no config.json, so this is not a run directory written by `cnnzoo train`"
+        )
+    from cnnzoo.train.config import TrainConfig
+
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CnnzooError(f"{config_path}: unreadable run config ({_one_line(exc)})") from exc
+    try:  # a hand-edited config: name the field that is wrong, not a TypeError deep inside
+        TrainConfig.check_fields(config, str(config_path))
+    except UsageError as exc:
+        raise CnnzooError(str(exc)) from None
+    if not isinstance(config.get("model"), str):
+        raise CnnzooError(f"{config_path}: the run config names no model")
+    facts = config.get("data")
+    if facts is not None and not isinstance(facts, dict):
+        raise CnnzooError(f"{config_path}: \"data\" must be a mapping of facts about the data")
+    return config
+
+
+def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(config.get("model_kwargs") or {})
+    # Builder options the trainer may record at the top level instead of under model_kwargs.
+    for key in ("small_input",):
+        if config.get(key) is not None:
+            kwargs.setdefault(key, config[key])
+    return kwargs
+
+
+# What predict/evaluate need to know about a run besides the TrainConfig fields; the trainer may
+# keep them at the top level of config.json or in a nested "data" section.
+_RUN_FACTS = ("num_classes", "in_chans", "class_names", "mean", "std", "image_size")
+
+
+def _checkpoint_shapes(checkpoint: Path) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint), framework="pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as exc:
+        raise WeightsError(
+            f"{checkpoint}: not a readable safetensors file (truncated or another format?): "
+            f"{_one_line(exc)}"
+        ) from exc
+
+
+def _fill_run_facts(config: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """The config with num_classes and in_chans always set (read off the checkpoint if needed)."""
+    config = dict(config)
+    nested = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for key in _RUN_FACTS:
+        if config.get(key) is None and nested.get(key) is not None:
+            config[key] = nested[key]
+    if not config.get("num_classes") and config.get("class_names"):
+        config["num_classes"] = len(config["class_names"])
+    if config.get("num_classes") and config.get("in_chans"):
+        return config
+    from cnnzoo.registry import create_model
+
+    shapes = _checkpoint_shapes(checkpoint)
+    with torch.device("meta"):
+        probe = create_model(config["model"], **_model_kwargs(config))
+    for fact, key, axis in (
+        ("in_chans", f"{probe.first_conv}.weight", 1),
+        ("num_classes", f"{probe.classifier_name}.weight", 0),
+    ):
+        if not config.get(fact):
+            if key not in shapes:
+                raise WeightsError(
+                    f"{checkpoint}: no {key} tensor, so these are not {config['model']} weights"
+                )
+            config[fact] = int(shapes[key][axis])
+    return config
+
+
+def load_run(run_or_checkpoint: str | Path) -> tuple[ZooModel, dict[str, Any]]:
+    """Rebuild a trained model from its run directory (or a checkpoint file inside one).
+
+    Returns the model in eval mode on the CPU and the run's config dict, completed with
+    ``num_classes`` and ``in_chans`` (read off the checkpoint's tensor shapes when config.json
+    lacks them), ``run_dir`` and ``checkpoint`` (the file loaded). Every failure is a one-line
+    :class:`CnnzooError`: a missing run or config, a truncated or foreign checkpoint, a
+    checkpoint of another architecture.
+    """
+    from cnnzoo.registry import create_model
+    from cnnzoo.weights import load_weights
+
+    run_dir, checkpoint = resolve_run(run_or_checkpoint)
+    config = _read_config(run_dir)
+    name = config["model"]
+    try:
+        config = _fill_run_facts(config, checkpoint)
+        model = create_model(
+            name,
+            num_classes=int(config["num_classes"]),
+            in_chans=int(config["in_chans"]),
+            **_model_kwargs(config),
+        )
+    except CnnzooError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise CnnzooError(f"{run_dir}: cannot build the run's model: {_one_line(exc)}") from exc
+    try:
+        with warnings.catch_warnings():
+            # load_weights keeps a fresh classifier (with a warning) when the file's does not
+            # fit; for a trained run that is an error, raised below.
+            warnings.simplefilter("ignore")
+            report = load_weights(model, checkpoint)
+    except Exception as exc:
+        reason = _one_line(exc)
+        where = "" if str(checkpoint) in reason else f"{checkpoint}: "
+        raise WeightsError(f"{where}cannot load these weights into {name}: {reason}") from exc
+    unfit = [*report.fresh_classifier, *report.adapted]
+    if unfit:
+        raise WeightsError(
+            f"{checkpoint} does not match the run's config ({config['num_classes']} classes, "
+            f"{config['in_chans']} input channels): {', '.join(unfit[:4])} have other shapes"
+        )
+    model.eval()
+    return model, {**config, "run_dir": str(run_dir), "checkpoint": str(checkpoint)}
+
+
+def input_size_of(model: ZooModel, config: dict[str, Any]) -> tuple[int, int]:
+    """(H, W) the model was trained at: the run's ``image_size``, else the model's own size."""
+    for key in ("image_size", "input_size"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value, value
+        if isinstance(value, (list, tuple)) and len(value) >= 2:
+            return int(value[-2]), int(value[-1])
+    if model.fixed_input_size:
+        return model.fixed_input_size, model.fixed_input_size
+    _, height, width = model.default_cfg["input_size"]
+    return int(height), int(width)
+
+
+def normalization_of(
+    model: ZooModel, config: dict[str, Any], channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std, shaped (1, C, 1, 1), from the run (else the model's defaults)."""
+    stats = []
+    for key in ("mean", "std"):
+        values = config.get(key) or model.default_cfg[key]
+        values = [float(v) for v in values]
+        if len(values) != channels:
+            values = [sum(values) / len(values)] * channels
+        stats.append(torch.tensor(values).view(1, channels, 1, 1))
+    return stats[0], stats[1]
+
+
+def class_names_of(config: dict[str, Any], num_classes: int) -> list[str]:
+    """The run's class names, or "0".."C-1" when the config has none that fit."""
+    names = config.get("class_names")
+    if names and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [str(i) for i in range(num_classes)]
+
+
+def run_transform(config: dict[str, Any], model: ZooModel) -> EvalTransform:
+    """The evaluation transform of a run: its input side, normalisation and crop rule."""
+    height, width = input_size_of(model, config)
+    channels = int(config.get("in_chans") or 3)
+    mean, std = normalization_of(model, config, channels)
+    dataset = str(config.get("dataset") or "")
+    crop = FOLDER_CROP_FRACTION if dataset.startswith("imagefolder:") else 1.0
+    return EvalTransform(
+        size=height if height == width else min(height, width),
+        mean=tuple(mean.flatten().tolist()),
+        std=tuple(std.flatten().tolist()),
+        crop_fraction=crop,
+    )

@@ -11,7 +11,15 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
-from cnnzoo.errors import CnnzooError, Terminated, UsageError
+from cnnzoo.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    CnnzooError,
+    Terminated,
+    UsageError,
+)
 
 # Each module defines `register(subparsers)`, which adds its commands with `set_defaults(run=fn)`;
 # `fn(args) -> int` is the exit status.
@@ -24,10 +32,6 @@ COMMAND_MODULES = (
     "cnnzoo.cli.weights_cmd",
 )
 
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from cnnzoo.errors import UsageError
+from cnnzoo.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, UsageError
 from cnnzoo.train.config import RESUME_OVERRIDES, TrainConfig
 
 EPILOG = """examples:
@@ -179,6 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, overrides=given)
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        return 130  # the trainer has said what was saved and how to resume
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from a scheduler / docker stop
+        # The trainer has said what was saved and how to resume.
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return 0

@@ -114,7 +114,7 @@ def _prepare(model: Any) -> tuple[nn.Module, dict[str, Any]]:
     """(module in eval mode, its input facts) for a module or a run directory."""
     if isinstance(model, nn.Module):
         return model.eval(), dict(getattr(model, "default_cfg", None) or {})
-    from cnnzoo.analysis.predict import load_run
+    from cnnzoo.rundir import load_run
 
     module, config = load_run(model)
     facts = {

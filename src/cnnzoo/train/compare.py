@@ -47,7 +47,7 @@ def check_items(items: Sequence[str]) -> None:
 def row_from_run(run_dir: str | Path) -> CompareRow:
     """Read a finished run's metrics, history and config into one comparison row."""
     from cnnzoo.analysis.flops import count_macs
-    from cnnzoo.analysis.predict import load_run
+    from cnnzoo.rundir import load_run
 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -107,10 +107,12 @@ class TrainConfig:
     # transfer learning
     weights: str | None = _opt(
         None,
-        "start from these weights (a torchvision .pth or cnnzoo .safetensors file); the "
-        "classifier is replaced for the dataset's classes and ImageNet statistics normalise inputs",
+        "start from these weights: a weight name (IMAGENET1K_V2, DEFAULT, imagenet, fashion_mnist; "
+        "`cnnzoo weights` lists them) or a torchvision .pth / cnnzoo .safetensors file; the "
+        "classifier is replaced for the dataset's classes and the weights' statistics (ImageNet's "
+        "for a file) normalise inputs",
         flags=("--weights", "--pretrained"),
-        metavar="FILE",
+        metavar="NAME_OR_FILE",
         group=TRANSFER,
     )
     freeze: str = _opt(
@@ -280,7 +282,11 @@ class TrainConfig:
                 raise UsageError("--unfreeze-at needs --freeze backbone")
             check(self.unfreeze_at >= 1, "unfreeze_at", "must be an epoch >= 1")
         if self.weights is not None and not Path(self.weights).is_file():
-            raise UsageError(f"--weights {self.weights}: no such file")
+            from cnnzoo.pretrained import looks_like_path, resolve_weights
+
+            if looks_like_path(self.weights) or not self.model:
+                raise UsageError(f"--weights {self.weights}: no such file")
+            resolve_weights(self.model, self.weights)  # an unknown name lists the valid ones
         if self.nesterov and self.optimizer not in (None, "sgd"):
             raise UsageError("--nesterov only applies to --optimizer sgd")
         check(self.step_size is None or self.step_size >= 1, "step_size", "must be an integer > 0")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import CnnzooError
+from cnnzoo.pretrained import fit_channels, resolve_weights
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
@@ -125,8 +126,18 @@ class Trainer:
             split=cfg.split_parts(), seed=cfg.seed,
         )  # fmt: skip
         self.bundle = bundle
-        # Pretrained weights expect the statistics they were trained with (ImageNet's).
-        stats = imagenet_stats(bundle.channels) if cfg.weights else (bundle.mean, bundle.std)
+        # Pretrained weights expect the statistics they were trained with: a named weight's own,
+        # ImageNet's for a weights file.
+        self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
+        if self.weight_spec is not None:
+            spec = self.weight_spec
+            channels = bundle.channels
+            stats = fit_channels(spec.mean, channels), fit_channels(spec.std, channels)
+            cfg = replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
+        elif cfg.weights:
+            stats = imagenet_stats(bundle.channels)
+        else:
+            stats = (bundle.mean, bundle.std)
         self.mean, self.std = stats
         plan = plan_run(cfg, bundle, self.given_model)
         self.model_kwargs, self.image_size, self.input_note = plan
@@ -173,16 +184,27 @@ class Trainer:
             recorded = replace(cfg, model_kwargs=self.model_kwargs, resume=None, overwrite=False)
             self.run.write_config(recorded, self.facts)
 
-    def _load_initial_weights(self, model: nn.Module, spec: str) -> None:
-        """Start from ``spec`` (--weights): today a .pth / .safetensors file."""
+    def _load_initial_weights(self, model: nn.Module, weights: str) -> None:
+        """Start from --weights: a weight name (from the cache, downloaded unless offline) or a
+        .pth / .safetensors file."""
+        from cnnzoo.pretrained import load_pretrained
         from cnnzoo.weights import load_weights
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            load_weights(model, spec)
+            if self.weight_spec is not None:
+                load_pretrained(model, self.weight_spec, progress=self.dist.is_main)
+            else:
+                load_weights(model, weights)
         for warning in caught:
             self.log(f"weights: {warning.message}")
-        self.log(f"weights: loaded {spec}; inputs normalised with ImageNet statistics")
+        if self.weight_spec is not None:
+            spec = self.weight_spec
+            what = f"{spec.source} weights {spec.name} ({spec.dataset})"
+            stats = "their own statistics"
+        else:
+            what, stats = weights, "ImageNet statistics"
+        self.log(f"weights: loaded {what}; inputs normalised with {stats}")
 
     def _wrap(self) -> None:
         """The module the loop calls: the model, under DDP and/or torch.compile when asked."""
