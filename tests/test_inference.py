@@ -228,3 +228,33 @@ def test_the_offline_switch_is_restored_after_the_command(cached_resnet18: Path,
                         "--offline")  # fmt: skip
     assert code == 0, err
     assert pretrained.OFFLINE_ENV not in os.environ
+
+
+def test_fine_tuning_from_a_weight_name(cached_resnet18: Path, no_network, tv_state, tmp_path,
+                                         capsys) -> None:  # fmt: skip
+    root = tmp_path / "pets"
+    for index, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = torch.randint(0, 120, (3, 40, 48), dtype=torch.uint8)
+            pixels[index] += 100
+            Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(root / name / f"{i}.png")
+    run = tmp_path / "run"
+    code, out, err = _cli(capsys, "train", "--model", "resnet18", "--weights", "IMAGENET1K_V1",
+                          "--freeze", "backbone", "--dataset", f"imagefolder:{root}",
+                          "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--quiet",
+                          "--no-tensorboard", "--no-plots", "--num-workers", "0", "--offline",
+                          "-o", run)  # fmt: skip
+    assert code == 0, err
+    assert no_network == []
+    log = (run / "train.log").read_text()
+    assert "torchvision weights IMAGENET1K_V1" in log
+    loaded = load_model(run)
+    assert loaded.class_names == ["cat", "dog"] and loaded.num_classes == 2
+    imagenet = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert loaded.mean == pytest.approx(tuple(imagenet.mean))
+    state = loaded.model.state_dict()
+    # The frozen backbone is the file's, untouched (norm statistics included); the head is new.
+    for key in ("conv1.weight", "layer4.1.conv2.weight", "layer1.0.bn1.running_mean"):
+        assert torch.equal(state[key], tv_state[key]), key
+    assert state["fc.weight"].shape == (2, 512)
