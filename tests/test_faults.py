@@ -185,7 +185,10 @@ def small_run(tmp_path: Path) -> Path:
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     from cnnzoo.cli.main import main
 
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
     return code, capsys.readouterr().err
 
 
@@ -292,3 +295,11 @@ def test_a_hand_edited_run_config_is_one_line_naming_the_field(
     assert "Traceback" not in err and "TypeError" not in err and "AttributeError" not in err
     if fragment in ("lr", "betas", "expected a mapping"):
         assert "config.json" in lines[0]
+
+
+def test_models_and_verify_treat_a_pattern_matching_nothing_alike(capsys) -> None:
+    results = [_cli(argv, capsys) for argv in (["models", "zzz"], ["verify", "zzz*"])]
+    for code, err in results:
+        assert code == 2 and err.count("\n") == 1 and "no model matches" in err, err
+    code, err = _cli(["verify", "lenet5", "--input-size", "-3"], capsys)
+    assert code == 2 and "image side >= 1" in err

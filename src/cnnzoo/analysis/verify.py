@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnzoo.analysis.flops import count_macs
+from cnnzoo.errors import UsageError
 from cnnzoo.reference import Figure, reference
 from cnnzoo.registry import ModelEntry, get_entry, list_models
 from cnnzoo.train.progress import each_with_bar
@@ -195,7 +196,7 @@ def _expand(names: Iterable[str] | None) -> list[str]:
         if any(ch in name for ch in "*?["):
             matches = list_models(name)
             if not matches:
-                raise ValueError(f"no model matches {name!r}")
+                raise UsageError(f"no model matches {name!r}; `cnnzoo models` lists them all")
             selected += [m for m in matches if m not in selected]
         else:
             get_entry(name)  # unknown names fail here, with close matches suggested

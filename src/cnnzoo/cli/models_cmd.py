@@ -67,11 +67,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("names", nargs="*", help="model names or shell patterns (default: all)")
     p.add_argument(
         "--input-size",
-        type=int,
+        type=_positive_side,
         help="image side for the torchvision output comparison (default: max(min size, 64))",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_verify)
+
+
+def _positive_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an image side >= 1, got {text!r}")
+    return value
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -87,8 +97,8 @@ def run_models(args: argparse.Namespace) -> int:
         families = sorted({get_entry(name).family for name in list_models()})
         if args.family and args.family not in families:
             raise UsageError(f"unknown family {args.family!r}; families: {', '.join(families)}")
-        print(f"no model matches {args.pattern!r}")
-        return 1
+        # The same status and words as `verify` for a pattern that matches nothing.
+        raise UsageError(f"no model matches {args.pattern!r}; `cnnzoo models` lists them all")
 
     table = Table(
         header_style="bold",
