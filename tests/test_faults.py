@@ -303,3 +303,17 @@ def test_models_and_verify_treat_a_pattern_matching_nothing_alike(capsys) -> Non
         assert code == 2 and err.count("\n") == 1 and "no model matches" in err, err
     code, err = _cli(["verify", "lenet5", "--input-size", "-3"], capsys)
     assert code == 2 and "image side >= 1" in err
+
+
+def test_models_cache_key_follows_the_models_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnzoo.analysis import zoo_table
+
+    before = {name: zoo_table.figures_key(name) for name in ("lenet5", "resnet20")}
+    real = zoo_table._file_digest
+
+    def edited(path: Path) -> bytes:  # as if models/lenet.py had been edited
+        return b"edited" if path.name == "lenet.py" else real(path)
+
+    monkeypatch.setattr(zoo_table, "_file_digest", edited)
+    assert zoo_table.figures_key("lenet5") != before["lenet5"]
+    assert zoo_table.figures_key("resnet20") == before["resnet20"]

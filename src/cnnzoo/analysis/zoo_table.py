@@ -60,7 +60,8 @@ def figures_key(name: str) -> str:
     """Changes whenever torch or the code that builds and counts ``name`` changes."""
     package = Path(cnnzoo.__file__).parent
     sources = [package / relative for relative in SHARED_SOURCES]
-    builder_file = inspect.getsourcefile(get_entry(name).builder)
+    # The registered builder is registry.py's wrapper: its model's own file is the wrapped one.
+    builder_file = inspect.getsourcefile(inspect.unwrap(get_entry(name).builder))
     if builder_file:
         sources.append(Path(builder_file))
     digest = hashlib.sha256(torch.__version__.encode())
