@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -176,18 +176,30 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     weights: Any = None,
+    *,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **kwargs: Any,
 ) -> ZooModel:
     """Build a zoo model by name; ``weights`` is a file path or state-dict to load into it.
 
     ``num_classes`` and ``in_chans`` default to the model's own: 1000 classes and 3 channels for
     ImageNet models, 10 classes for the CIFAR networks, 10 classes of 1-channel images for LeNet.
+    ``features_only=True`` returns a backbone instead (timm's API): its forward gives the maps
+    of the stages ``out_indices`` of ``model.feature_info`` (default all; negative indices count
+    from the deepest), see :func:`cnnzoo.models.features.feature_extractor`.
     """
     model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if weights is not None:
         from cnnzoo.weights import load_weights
 
         load_weights(model, weights)
+    if features_only:
+        from cnnzoo.models.features import feature_extractor
+
+        return feature_extractor(model, out_indices)  # type: ignore[return-value]
+    if out_indices is not None:
+        raise ValueError("out_indices needs features_only=True")
     return model
 
 
