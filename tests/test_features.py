@@ -188,7 +188,9 @@ def test_full_checkpoint_loads_into_backbone() -> None:
     net = create_model("mobilenet_v3_small", features_only=True)
     result = net.load_state_dict(model.state_dict(), strict=False)
     assert result.missing_keys == []
-    assert result.unexpected_keys and all(k.startswith("classifier") for k in result.unexpected_keys)
+    assert result.unexpected_keys and all(
+        k.startswith("classifier") for k in result.unexpected_keys
+    )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(net.eval()(x)[-1], model.eval().forward_features(x))

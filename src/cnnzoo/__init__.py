@@ -1,6 +1,7 @@
 """cnnzoo: classic image-classification CNNs, faithful to their papers and verified."""
 
 from cnnzoo.analysis.flops import count_macs
+from cnnzoo.analysis.receptive_field import receptive_field
 from cnnzoo.analysis.summary import summary
 from cnnzoo.optimize import optimize
 from cnnzoo.registry import create_model, list_models, model_info
@@ -20,6 +21,7 @@ __all__ = [
     "load_weights",
     "model_info",
     "optimize",
+    "receptive_field",
     "save_weights",
     "summary",
 ]
