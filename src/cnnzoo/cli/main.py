@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.eval_cmd",
     "cnnzoo.cli.compare_cmd",
     "cnnzoo.cli.export_cmd",
+    "cnnzoo.cli.explain_cmd",
 )
 
 EXIT_RUNTIME = 1
