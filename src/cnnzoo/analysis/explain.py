@@ -230,7 +230,7 @@ def attribution_maps(
             baselines=baseline,
             target=targets,
             n_steps=options.steps,
-            internal_batch_size=16,  # images per forward pass along the path
+            internal_batch_size=max(16, batch.shape[0]),  # images per pass along the path
         )
     else:
         window = options.window or max(2, round(max(size) / 7))
