@@ -37,8 +37,13 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "summary",
-        help="layer-by-layer table of a model: output shapes, parameters, multiply-adds",
-        description="Print a Keras-style summary of one model (computed on the meta device).",
+        help="layer-by-layer table of a model: output shapes, receptive fields, parameters, MACs",
+        description=(
+            "Print a Keras-style summary of one model (computed on the meta device): each "
+            "layer's output shape, receptive field (RF, input pixels; * also sees the whole "
+            "image through global pooling) and jump (effective stride), parameters and "
+            "multiply-adds, then the totals."
+        ),
     )
     p.add_argument("name", help="a registered model name (see `cnnzoo models`)")
     p.add_argument(
