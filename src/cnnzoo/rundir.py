@@ -388,7 +388,10 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CnnzooError(f"{config_path}: unreadable run config ({_one_line(exc)})") from exc
     try:  # a hand-edited config: name the field that is wrong, not a TypeError deep inside
-        TrainConfig.check_fields(config, str(config_path))
+        fields = config
+        if isinstance(config, dict):  # data facts may also sit at the top level (older runs)
+            fields = {k: v for k, v in config.items() if k not in _RUN_FACTS}
+        TrainConfig.check_fields(fields, str(config_path))
     except UsageError as exc:
         raise CnnzooError(str(exc)) from None
     if not isinstance(config.get("model"), str):

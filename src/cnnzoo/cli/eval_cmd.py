@@ -29,15 +29,16 @@ SOURCE_HELP = (
 )
 
 
+WEIGHTS_HELP = (
+    "for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
+    "`cnnzoo weights` lists them) or a weights file"
+)
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """SOURCE and --weights: the same on predict, evaluate, export, summary and explain."""
     parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
-    parser.add_argument(
-        "--weights",
-        metavar="NAME_OR_FILE",
-        help="for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
-        "`cnnzoo weights` lists them) or a weights file",
-    )
+    parser.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
 
 
 def register(subparsers: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cnnzoo.cli.eval_cmd import _positive_int, pick_device
+from cnnzoo.cli.eval_cmd import WEIGHTS_HELP, _positive_int, pick_device
 from cnnzoo.errors import UsageError
 
 METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion")
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help=source_help)
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--weights", help="weights file for a model name")
+    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
     p.add_argument("--method", choices=METHODS, default="gradcam")
     p.add_argument(
         "--target", default="top", help="'top' (the predicted class), a class name or an index"
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help=source_help)
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--weights", help="weights file for a model name")
+    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
     p.add_argument(
         "--stages", nargs="+", help="stage names or indices (negative from the end); default all"
     )
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
         description="Draw the first convolution's kernels (in colour for RGB stems).",
     )
     p.add_argument("source", metavar="SOURCE", help=source_help)
-    p.add_argument("--weights", help="weights file for a model name")
+    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="a .png file or a folder")
     p.set_defaults(run=run_filters)
 
@@ -77,41 +77,22 @@ def register(subparsers: Any) -> None:
 
 def _load_source(source: str, weights: str | None) -> tuple[Any, list[str], Preprocess]:
     """(model in eval mode, class names, preprocess) for a run directory, a checkpoint or a
-    model name with ``--weights``: every command here loads through this one function.
+    model name with ``--weights``, through the loader predict and evaluate use.
 
-    ``preprocess`` turns a decoded uint8 (C, H, W) image into the model's input (resized and
-    normalised as the weights expect) and the uint8 image at that size, to draw under maps.
+    ``preprocess`` turns a decoded uint8 (C, H, W) image into the model's input (prepared
+    exactly as the weights expect) and the uint8 image the model sees, to draw under maps.
     """
-    from cnnzoo.analysis.predict import (
-        class_names_of,
-        input_size_of,
-        load_run,
-        normalization_of,
-    )
-    from cnnzoo.data.augment import resize
-    from cnnzoo.registry import create_model, list_models
+    from cnnzoo.inference import load_model
 
-    path = Path(source)
-    if path.exists():
-        if weights is not None:
-            raise UsageError("--weights goes with a model name, not with a run or checkpoint")
-        model, config = load_run(path)
-    elif source in list_models() or not (path.suffix or "/" in source):
-        model, config = create_model(source, weights=weights), {}
-        if weights is None:
-            print(f"note: {source} has untrained weights (no --weights)", file=sys.stderr)
-    else:
-        raise UsageError(f"{source}: no such run directory or checkpoint file")
-    model.eval()
-    channels = int(model.default_cfg["input_size"][0])
-    size = input_size_of(model, config)
-    mean, std = normalization_of(model, config, channels)
+    loaded = load_model(source, weights)
+    if not loaded.trained:
+        print(f"note: {source} has untrained weights (no --weights)", file=sys.stderr)
 
     def preprocess(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shown = resize(image[None].float(), size)[0]
-        return ((shown[None] / 255.0 - mean) / std)[0], shown.round().clamp(0, 255).byte()
+        x = loaded.preprocess(image)
+        return x, loaded.shown(x[None])[0]
 
-    return model, class_names_of(config, int(model.num_classes)), preprocess
+    return loaded.model, loaded.class_names, preprocess
 
 
 def _read(paths: Sequence[str], channels: int) -> list[torch.Tensor]:

@@ -10,7 +10,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from cnnzoo.cli.eval_cmd import add_source_arguments
 from cnnzoo.errors import UsageError
+from cnnzoo.inference import load_model
 
 NON_TTY_WIDTH = 160  # wide enough that tables piped to a file or `less` are not squeezed
 
@@ -45,13 +47,17 @@ def register(subparsers: Any) -> None:
             "multiply-adds, then the totals."
         ),
     )
-    p.add_argument("name", help="a registered model name (see `cnnzoo models`)")
+    add_source_arguments(p)
     p.add_argument(
         "--input-size",
-        help="CxHxW, HxW or a side, e.g. 1x28x28 (default: the model's default input size)",
+        help="CxHxW, HxW or a side, e.g. 1x28x28 (default: the model's or the run's input size)",
     )
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier width")
-    p.add_argument("--in-chans", type=int, help="input channels (default 3, or C of --input-size)")
+    p.add_argument(
+        "--num-classes", type=int, help="classifier width (default: the model's own, e.g. 1000)"
+    )
+    p.add_argument(
+        "--in-chans", type=int, help="input channels (default: the model's, or C of --input-size)"
+    )
     p.add_argument("--depth", type=int, help="show modules down to this nesting depth")
     p.add_argument(
         "--small-input",
@@ -154,9 +160,8 @@ def parse_input_size(text: str) -> tuple[int, ...]:
 
 def run_summary(args: argparse.Namespace) -> int:
     from cnnzoo.analysis.summary import summary
-    from cnnzoo.registry import get_entry
+    from cnnzoo.registry import get_entry, list_models
 
-    entry = get_entry(args.name)
     size = parse_input_size(args.input_size) if args.input_size else None
     in_chans = args.in_chans
     if size is not None and len(size) == 3:
@@ -166,20 +171,34 @@ def run_summary(args: argparse.Namespace) -> int:
                 f"({size[0]} channels)"
             )
         in_chans = size[0]
-    kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": in_chans or 3}
-    if args.small_input:
-        kwargs["small_input"] = True
-    with torch.device("meta"):
-        try:
-            model = entry.builder(**kwargs)
-        except TypeError as exc:
-            if "small_input" in str(exc):
-                raise UsageError(f"{args.name} has no small-input variant") from None
-            raise
+    if args.source in list_models() and args.weights is None:
+        # A bare name: built on the meta device (no memory), with the model's own defaults.
+        kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": in_chans}
+        if args.small_input:
+            kwargs["small_input"] = True
+        with torch.device("meta"):
+            try:
+                model = get_entry(args.source).builder(**kwargs)
+            except TypeError as exc:
+                if "small_input" in str(exc):
+                    raise UsageError(f"{args.source} has no small-input variant") from None
+                raise
+        default_size = tuple(model.default_cfg["input_size"])
+    else:
+        if args.num_classes is not None or args.small_input or args.in_chans is not None:
+            raise UsageError(
+                "--num-classes, --in-chans and --small-input are for a model given by name; "
+                "a run or weights have their own"
+            )
+        loaded = load_model(args.source, args.weights)
+        model, default_size = loaded.model, (loaded.channels, *loaded.input_size)
+    channels = default_size[0]
     if size is None:
-        size = tuple(model.default_cfg["input_size"])
+        size = default_size
     elif len(size) == 2:
-        size = (kwargs["in_chans"], *size)
+        size = (channels, *size)
+    elif size[0] != channels:
+        raise UsageError(f"the model takes {channels}-channel images, --input-size says {size[0]}")
     result = summary(model, size, depth=args.depth)
     _console().print(result)
     return 0
