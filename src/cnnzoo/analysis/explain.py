@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 from captum.attr._utils.attribution import GradientAttribution
-from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -279,18 +278,21 @@ def explanation_figure(
     ``image`` is the uint8 (C, H, W) image as the model saw it, ``heat`` an (H, W) map in
     [0, 1], ``probs`` the full probability vector.
     """
-    from cnnzoo.analysis.plots import _new_figure, _show_image, plot_topk_bars
+    from cnnzoo.analysis.plots import (
+        _heat_colorbar,
+        _new_figure,
+        _overlay_heat,
+        _show_image,
+        plot_topk_bars,
+    )
 
     fig = _new_figure(13.5, 4.4)
     image_ax, heat_ax, bar_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
     _show_image(image_ax, image)
     image_ax.set_title(title or "input", fontsize=10)
     _show_image(heat_ax, image)
-    shown = heat_ax.imshow(heat.detach().cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    # The bar from its own opaque mappable: the overlay's transparency would wash it out.
-    opaque = ScalarMappable(norm=shown.norm, cmap=shown.get_cmap())
-    bar = fig.colorbar(opaque, ax=heat_ax, fraction=0.046, pad=0.04)
-    bar.set_label("evidence for the class (1 = strongest)")
+    _overlay_heat(heat_ax, heat)
+    _heat_colorbar(fig, heat_ax, "evidence for the class (1 = strongest)")
     where = f" at {layer}" if layer else ""
     heat_ax.set_title(f"{method}{where}", fontsize=10)
     plot_topk_bars(image, probs, class_names, bar_ax, k=k)

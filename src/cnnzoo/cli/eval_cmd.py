@@ -84,6 +84,11 @@ def register(subparsers: Any) -> None:
         help="write each image beside its top-k bars, and a prediction grid (green right, red "
         "wrong when the true class is known)",
     )
+    predict.add_argument(
+        "--cam",
+        action="store_true",
+        help="with --plot: overlay each image with the Grad-CAM map of its top class",
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     predict.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
@@ -296,7 +301,8 @@ class PredictionPlots:
     def __init__(self, out_dir: Path, class_names: list[str], topk: int) -> None:
         self.out_dir, self.class_names, self.topk = out_dir, class_names, topk
         self.written: list[Path] = []
-        self.grid: list[tuple[torch.Tensor, int, int | None]] = []  # image, predicted, true
+        # image, predicted class, true class, Grad-CAM map
+        self.grid: list[tuple[torch.Tensor, int, int | None, torch.Tensor | None]] = []
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, index: int, p: Prediction) -> None:
@@ -311,29 +317,36 @@ class PredictionPlots:
                 self.out_dir / f"{index:04d}_{_safe_stem(p.path)}_top{self.topk}.png",
                 true_label=p.true_index,
                 k=self.topk,
+                heat=p.cam,
             )
         )
         if len(self.grid) < GRID_MAX_IMAGES:
-            self.grid.append((p.image, p.indices[0], p.true_index))
-        p.image = None  # the chart is written: memory stays bounded over thousands of images
+            self.grid.append((p.image, p.indices[0], p.true_index, p.cam))
+        p.image = p.cam = None  # the chart is written: memory stays bounded
 
     def finish(self) -> list[Path]:
         from cnnzoo.analysis.plots import plot_prediction_grid
 
-        known = any(true is not None for _, _, true in self.grid)
+        images, predicted, true, heats = zip(*self.grid, strict=True)
+        known = any(label is not None for label in true)
         self.written.append(
             plot_prediction_grid(
-                [image for image, _, _ in self.grid],
-                [predicted for _, predicted, _ in self.grid],
-                [true for _, _, true in self.grid] if known else None,
+                list(images),
+                list(predicted),
+                list(true) if known else None,
                 self.class_names,
                 self.out_dir / "predictions.png",
+                heats=list(heats) if heats[0] is not None else None,
             )
         )
         return self.written
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    if args.cam and not args.plot:
+        raise UsageError("--cam draws into the plots: add --plot DIR")
+    if args.cam and args.fast:
+        raise UsageError("--cam needs the model's gradients: drop --fast")
     device = pick_device(args.device)
     loaded = load_source(args, need_weights=True)
     loaded.model.to(device)
@@ -355,6 +368,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 device=device,
                 keep_images=plots is not None,
                 folder_labels=[label for _, label in found],
+                cam=args.cam,
             )
             for index, prediction in enumerate(stream):
                 if plots is not None:
