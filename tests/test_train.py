@@ -298,15 +298,21 @@ def test_fit_restores_the_callers_torch_settings(tmp_path: Path) -> None:
 def test_default_threads_leave_busy_cores_alone(monkeypatch) -> None:
     import os
 
+    from cnnzoo.train import hardware
     from cnnzoo.train.hardware import default_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(hardware, "_own_load", lambda: 0.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert default_threads() == 8 and default_threads(processes_here=2) == 4
     monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
     assert default_threads() == 2
     monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
     assert default_threads() == 1
+    # The load this process made itself (an earlier fit in the same session) does not count.
+    monkeypatch.setattr(hardware, "_own_load", lambda: 4.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    assert default_threads() == 6
 
 
 def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:
@@ -330,3 +336,24 @@ def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:
             val_split=0.0, epochs=2, batch_size=4, num_workers=0,
             output_dir=str(tmp_path / "r"), **FAST)  # fmt: skip
     assert sum(issubclass(w.category, DataWarning) for w in caught) == 2
+
+
+def test_every_epoch_takes_len_loader_steps_even_when_a_batch_is_dropped(tmp_path: Path) -> None:
+    """An image-folder loader drops a batch whose every image is unreadable; under DDP a rank
+    that took fewer steps would leave the others waiting, so the last batch is repeated."""
+    trainer = Trainer(TrainConfig(**DIGITS, epochs=1, output_dir=str(tmp_path / "r")))
+    trainer.setup()
+    loader = trainer.train_loader
+    full = type(loader).__iter__
+
+    class DropsOne(type(loader)):  # type: ignore[misc]
+        def __iter__(self):
+            for index, batch in enumerate(full(self)):
+                if index != 3:
+                    yield batch
+
+    loader.__class__ = DropsOne
+    stats = trainer.train_one_epoch(0)
+    assert trainer.schedule.step_count == len(loader)
+    assert stats["train_loss"] > 0
+    trainer.close()
