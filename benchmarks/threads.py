@@ -30,7 +30,7 @@ import json, sys, time
 from cnnzoo.train import TrainConfig, Trainer
 threads = None if sys.argv[1] == "auto" else int(sys.argv[1])
 steps = int(sys.argv[2])
-trainer = Trainer(TrainConfig(model="lenet5", dataset="fashion_mnist", val_split=0.0,
+trainer = Trainer(TrainConfig(model="lenet5", dataset=sys.argv[4], batch_size=128, val_split=0.0,
                               num_threads=threads, quiet=True, tensorboard=False, plots=False,
                               output_dir=sys.argv[3], overwrite=True))
 trainer.setup()
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="timed steps (batch 128)")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--spinners", type=int, default=2, help="busy processes added")
+    parser.add_argument("--dataset", default="fashion_mnist", help="default fashion_mnist")
     parser.add_argument(
         "--settle", type=float, default=60.0, help="seconds for the load average to follow"
     )
@@ -57,9 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(threads: str, steps: int, workdir: Path) -> dict[str, float]:
+def measure(threads: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, threads, str(steps), str(workdir / f"run-{threads}")],
+        [sys.executable, "-c", PROBE, threads, str(args.steps), str(workdir / f"run-{threads}"),
+         args.dataset],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -73,7 +75,7 @@ def run_turns(args: argparse.Namespace, workdir: Path, label: str) -> dict[str, 
     samples: dict[str, list[dict]] = {name: [] for name in variants}
     for turn in range(args.turns):
         for name, threads in variants.items():
-            samples[name].append(measure(threads, args.steps, workdir))
+            samples[name].append(measure(threads, args, workdir))
         print(f"  {label}, turn {turn + 1}: "
               + ", ".join(f"{n} {s[-1]['images_per_s']:,.0f} img/s" for n, s in samples.items()),
               flush=True)  # fmt: skip

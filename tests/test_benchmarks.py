@@ -126,10 +126,10 @@ def test_defaults_benchmark_times_a_cli_run(tmp_path) -> None:
     assert "met" in done.stdout
 
 
-def test_threads_benchmark_measures_each_variant_under_load(tmp_path, fashion_dir) -> None:
+def test_threads_benchmark_measures_each_variant_under_load(tmp_path) -> None:
     out = tmp_path / "threads.json"
-    run_script("threads.py", "--steps", "3", "--turns", "1", "--spinners", "1",
-               "--settle", "0", "--out", str(out))  # fmt: skip
+    run_script("threads.py", "--steps", "3", "--turns", "1", "--spinners", "1", "--settle", "0",
+               "--dataset", "digits", "--out", str(out))  # fmt: skip
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"as is", "loaded"}
     for variants in results.values():

@@ -216,6 +216,12 @@ def test_resnets_get_the_small_input_stem_for_small_images() -> None:
     # Weights made for the ImageNet stem keep it.
     assert plan_input("resnet18", 10, 1, (28, 28), {}, small_input=False)[0] == {}
     assert plan_input("resnet18", 10, 3, (224, 224), {})[0] == {}
+    # Without a stated minimum, a stride-32 network gets 64 px: its last map keeps 2x2.
+    assert plan_input("mobilenet_v2", 10, 1, (28, 28), {})[1] == 64
+    assert plan_input("mobilenet_v2", 10, 3, (96, 96), {})[1] is None
+    assert plan_input("resnet20", 10, 1, (8, 8), {})[1] is None  # stride 4: 2x2 already
+    kwargs, size, note = plan_input("inception_v3", 10, 1, (28, 28), {})
+    assert kwargs == {"aux_logits": False} and size == 96 and "auxiliary" in note
 
 
 def test_overwrite_removes_only_what_cnnzoo_wrote(tmp_path: Path, capsys) -> None:
@@ -357,3 +363,21 @@ def test_every_epoch_takes_len_loader_steps_even_when_a_batch_is_dropped(tmp_pat
     assert trainer.schedule.step_count == len(loader)
     assert stats["train_loss"] > 0
     trainer.close()
+
+
+def test_precise_bn_recomputes_statistics_without_drawing_random_numbers() -> None:
+    from cnnzoo.train.batchnorm import recompute_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten())
+    batches = [(torch.randn(8, 1, 6, 6) * 3 + 5, None) for _ in range(5)]
+    features = torch.cat([model[0](x) for x, _ in batches]).detach()
+    before = torch.get_rng_state()
+    used = recompute_statistics(model.train(), batches, limit=4)
+    bn = model[1]
+    assert used == 4 and bn.momentum == 0.1 and model.training and bn.training
+    # The mean of the first 4 batches' means (equal batch sizes), not a trailing average.
+    expected = features[:32].mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert torch.equal(torch.get_rng_state(), before)  # dropout stayed off
+    assert recompute_statistics(nn.Linear(2, 2), batches, limit=4) == 0  # no batch norm

@@ -179,7 +179,7 @@ class TrainConfig:
         "(0 = off)", group=VAL,
     )  # fmt: skip
     monitor: str = _opt("val_loss", "quantity that early stopping and `best` watch",
-                        choices=MONITORS, group=VAL)  # fmt: skip
+                        choices=MONITORS, convert=canonical_monitor, group=VAL)  # fmt: skip
     min_delta: float = _opt(0.0, "smallest change that counts as improvement", group=VAL)
     reduce_on_plateau: bool = _opt(False, "cut the lr when the monitor stalls", group=VAL)
     plateau_factor: float = _opt(0.1, "reduce-on-plateau: lr factor", group=VAL)

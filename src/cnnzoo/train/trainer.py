@@ -307,7 +307,10 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> None:
         self.callbacks.call("on_epoch_begin", epoch, {})
         stats = self.train_one_epoch(epoch)
-        self.recompute_norms()
+        if not self.frozen:  # a frozen backbone keeps the statistics it came with
+            with self.autocast():
+                recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
+                                     self.dist)  # fmt: skip
         val_loss, val_acc = self.validate()
         self.history.append({"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_acc": val_acc})
         with defer_sigint():
@@ -436,18 +439,6 @@ class Trainer:
                 f"(lr {self.schedule.current_lr():.3g}: try a lower --lr, --warmup-epochs or "
                 f"--clip-grad); {saved}"
             )
-
-    def recompute_norms(self) -> None:
-        """Batch-norm statistics of the evaluated network from ``precise_bn`` training batches
-        of the current epoch, averaged over ranks (see :mod:`cnnzoo.train.batchnorm`). A frozen
-        backbone keeps the statistics it came with."""
-        if self.frozen:
-            return
-        world = self.dist.world_size
-        average = (lambda t: all_reduce_sum(t.clone(), self.dist) / world) if world > 1 else None
-        with self.autocast():
-            recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
-                                 average)  # fmt: skip
 
     @torch.no_grad()
     def validate(self) -> tuple[float | None, float | None]:
