@@ -191,15 +191,21 @@ class RunDir:
             return
         if self._lock_fd is not None:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        path = self.path / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CnnzooError(f"{self.path} is in use by pid {holder}; wait for it or pick "
+                                  "another --output-dir") from None  # fmt: skip
+            # The holder before us may have removed the file as we opened it: lock the file
+            # that is there now.
+            if path.exists() and os.fstat(fd).st_ino == path.stat().st_ino:
+                break
             os.close(fd)
-            raise CnnzooError(
-                f"{self.path} is in use by pid {holder}; wait for it or pick another --output-dir"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -88,11 +91,10 @@ class TrainConfig:
         metavar="RUN",
         group=RUN,
     )
-    epochs: int | None = _opt(None, "epochs to train (default: the recipe's)", group=RUN)
+    epochs: int | None = _opt(None, "epochs to train", group=RUN)
     batch_size: int | None = _opt(
-        None, "batch size per process (default: the recipe's)", flags=("--batch-size", "-b"),
-        group=RUN,
-    )  # fmt: skip
+        None, "batch size per process", flags=("--batch-size", "-b"), group=RUN
+    )
     # model
     model_kwargs: dict[str, Any] = _opt(
         dict,
@@ -179,7 +181,7 @@ class TrainConfig:
         "(0 = off)", group=VAL,
     )  # fmt: skip
     monitor: str = _opt("val_loss", "quantity that early stopping and `best` watch",
-                        choices=MONITORS, group=VAL)  # fmt: skip
+                        choices=MONITORS, convert=canonical_monitor, group=VAL)  # fmt: skip
     min_delta: float = _opt(0.0, "smallest change that counts as improvement", group=VAL)
     reduce_on_plateau: bool = _opt(False, "cut the lr when the monitor stalls", group=VAL)
     plateau_factor: float = _opt(0.1, "reduce-on-plateau: lr factor", group=VAL)
@@ -211,7 +213,10 @@ class TrainConfig:
     plots: bool = _opt(True, "draw history.png and confusion_matrix.png at the end", group=OUT)
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON gives a list)
+        # Every field has its declared type from here on (an int lr becomes a float, a JSON
+        # list of betas a tuple); a value of the wrong type is a one-line UsageError.
+        for name, hint in _field_types().items():
+            setattr(self, name, _check_value("TrainConfig", name, getattr(self, name), hint))
         self.monitor = canonical_monitor(self.monitor)
 
     # ------------------------------------------------------------------ validation
@@ -256,6 +261,9 @@ class TrainConfig:
             check(ok and (value is None or value >= 1), name, "must be an integer > 0")
         for name in ("lr", "image_size", "clip_grad", "num_threads"):
             positive(name)
+        most = 4 * (os.cpu_count() or 1)
+        check(self.num_threads is None or self.num_threads <= most, "num_threads",
+              f"must be at most {most} (4 per core here)")  # fmt: skip
         for name in ("warmup_epochs", "mixup", "cutmix", "min_delta", "patience",
                      "weight_decay", "histogram_freq", "num_workers", "aux_weight",
                      "precise_bn"):  # fmt: skip
@@ -396,7 +404,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             kind = "a list" if isinstance(data, list) else type(data).__name__
             raise UsageError(f"{source}: expected a mapping of training options, got {kind}")
-        hints = typing.get_type_hints(cls)
+        hints = _field_types()
         values: dict[str, Any] = {}
         unknown = []
         for key, value in data.items():
@@ -451,6 +459,11 @@ def read_mapping(path: str | Path) -> Any:
 # --- field types ------------------------------------------------------------------------------
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _describe(hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
@@ -472,9 +485,11 @@ def _check_value(source: str, name: str, value: Any, hint: Any) -> Any:
     """``value`` converted to the field's type (int -> float, list -> tuple), or a UsageError."""
     converted = _convert(value, hint)
     if converted is _BAD:
-        raise UsageError(
-            f"{source}: {json.dumps(name)}: expected {_describe(hint)}, got {json.dumps(value)}"
-        )
+        try:
+            shown = json.dumps(value)
+        except (TypeError, ValueError):
+            shown = repr(value)
+        raise UsageError(f"{source}: {json.dumps(name)}: expected {_describe(hint)}, got {shown}")
     return converted
 
 
@@ -494,12 +509,15 @@ def _convert(value: Any, hint: Any) -> Any:
         return value
     if hint is bool:
         return value if isinstance(value, bool) else _BAD
-    if hint is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if hint is int:  # NumPy integers too
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return int(value) if ok else _BAD
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         return float(value) if ok else _BAD
     if hint is str:
+        if isinstance(value, os.PathLike):  # a pathlib.Path for output_dir, weights, ...
+            value = os.fspath(value)
         return value if isinstance(value, str) else _BAD
     if origin is dict:
         ok = isinstance(value, dict) and all(isinstance(key, str) for key in value)
