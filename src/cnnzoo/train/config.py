@@ -51,6 +51,8 @@ LEGACY_KEYS = {"pretrained": "weights"}
 
 # What `--resume RUN` may change; everything else comes from the run's own config.json, so a
 # resumed run is the same experiment.
+MAX_EPOCHS = 100_000
+
 RESUME_OVERRIDES = ("epochs", "patience", "quiet", "device", "num_threads", "progress_every")
 
 
@@ -259,6 +261,9 @@ class TrainConfig:
             value = getattr(self, name)
             ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
             check(ok and (value is None or value >= 1), name, "must be an integer > 0")
+        # A longer run is surely a typo, and the schedules' tables grow with it.
+        check(self.epochs is None or self.epochs <= MAX_EPOCHS, "epochs",
+              f"must be at most {MAX_EPOCHS:,}")  # fmt: skip
         for name in ("lr", "image_size", "clip_grad", "num_threads"):
             positive(name)
         most = 4 * (os.cpu_count() or 1)
@@ -295,6 +300,16 @@ class TrainConfig:
             if looks_like_path(self.weights) or not self.model:
                 raise UsageError(f"--weights {self.weights}: no such file")
             resolve_weights(self.model, self.weights)  # an unknown name lists the valid ones
+        data_dir = Path(self.data_dir).expanduser() if self.data_dir is not None else None
+        if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+            raise UsageError(f"--data-dir {self.data_dir} is not a directory")
+        if self.resume is not None and self.output_dir is not None:
+            same = Path(self.output_dir).expanduser().resolve() == Path(self.resume).resolve()
+            if not same:
+                raise UsageError(
+                    f"--resume {self.resume} continues that run in its own folder; drop "
+                    f"--output-dir {self.output_dir} (copy the run there first to branch it)"
+                )
         if self.nesterov and self.optimizer not in (None, "sgd"):
             raise UsageError("--nesterov only applies to --optimizer sgd")
         check(self.step_size is None or self.step_size >= 1, "step_size", "must be an integer > 0")
