@@ -16,29 +16,13 @@ from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
 from cnnzoo.analysis.predict import Prediction, collect_images, iter_predictions
+from cnnzoo.cli.options import add_source_arguments, positive_int
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.inference import InferenceModel, load_model
+from cnnzoo.train.hardware import resolve_device
 
 # A grid of more images than this is unreadable; the per-image bar charts still cover them all.
 GRID_MAX_IMAGES = 100
-
-
-SOURCE_HELP = (
-    "a run directory, a checkpoint file (.safetensors or torchvision .pth), or a model name "
-    "with --weights"
-)
-
-
-WEIGHTS_HELP = (
-    "for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
-    "`cnnzoo weights` lists them) or a weights file"
-)
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """SOURCE and --weights: the same on predict, evaluate, export, summary and explain."""
-    parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
-    parser.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
 
 
 def register(subparsers: Any) -> None:
@@ -54,7 +38,7 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     evaluate.add_argument("--data-dir", help="where the dataset lives (default: the run's)")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument(
         "--output", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run)"
     )
@@ -76,8 +60,8 @@ def register(subparsers: Any) -> None:
     )
     add_source_arguments(predict)
     predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
-    predict.add_argument("--topk", type=_positive_int, default=5)
-    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.add_argument("--topk", type=positive_int, default=5)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument(
         "--plot",
         metavar="OUT_DIR",
@@ -105,35 +89,6 @@ def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceMod
             f"(`cnnzoo weights {args.source}` lists the names)"
         )
     return loaded
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def pick_device(name: str) -> torch.device:
-    from cnnzoo.train.trainer import resolve_device
-
-    return resolve_device(name) if name in ("auto", "cpu", "cuda", "mps") else _named_device(name)
-
-
-def _named_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-# --------------------------------------------------------------------------- evaluate
 
 
 def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
@@ -233,7 +188,7 @@ def evaluate_run(run: str | Path, **options: Any) -> tuple[EvalResult, dict[str,
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
     result, info = evaluate_source(
         loaded,
@@ -347,7 +302,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UsageError("--cam draws into the plots: add --plot DIR")
     if args.cam and args.fast:
         raise UsageError("--cam needs the model's gradients: drop --fast")
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
     loaded.model.to(device)
     found = collect_images(args.inputs)

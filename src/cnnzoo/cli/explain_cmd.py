@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from cnnzoo.cli.eval_cmd import WEIGHTS_HELP, _positive_int, pick_device
+from cnnzoo.cli.options import WEIGHTS_HELP, positive_int
 from cnnzoo.errors import UsageError
+from cnnzoo.train.hardware import resolve_device
 
 METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion")
 
@@ -40,9 +41,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--layer", help="module name for gradcam / gradcam++ (see `cnnzoo summary`)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--topk", type=_positive_int, default=5)
-    p.add_argument("--steps", type=_positive_int, default=32, help="integrated-gradients steps")
-    p.add_argument("--window", type=_positive_int, help="occlusion window side in pixels")
+    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=32, help="integrated-gradients steps")
+    p.add_argument("--window", type=positive_int, help="occlusion window side in pixels")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.set_defaults(run=run_explain)
 
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--stages", nargs="+", help="stage names or indices (negative from the end); default all"
     )
-    p.add_argument("--maps", type=_positive_int, default=8, help="maps per stage")
+    p.add_argument("--maps", type=positive_int, default=8, help="maps per stage")
     p.add_argument("--out", required=True, help="a .png file or a folder")
     p.set_defaults(run=run_features)
 
@@ -157,7 +158,7 @@ def run_explain(args: argparse.Namespace) -> int:
         layer = None
     target = _resolve_target(args.target, class_names)
     images = _read(args.images, _channels(model))
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model.to(device)
     options = AttributionOptions(steps=args.steps, window=args.window)
     out_dir = Path(args.out)

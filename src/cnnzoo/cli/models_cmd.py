@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from cnnzoo.cli.eval_cmd import add_source_arguments
+from cnnzoo.cli.options import add_source_arguments, parse_input_size, positive_int
 from cnnzoo.errors import UsageError
 from cnnzoo.inference import load_model
 
@@ -78,21 +77,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("names", nargs="*", help="model names or shell patterns (default: all)")
     p.add_argument(
         "--input-size",
-        type=_positive_side,
+        type=positive_int,
         help="image side for the torchvision output comparison (default: max(min size, 64))",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_verify)
-
-
-def _positive_side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an image side >= 1, got {text!r}")
-    return value
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -141,21 +130,6 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 # --- summary --------------------------------------------------------------------------------
-
-
-def parse_input_size(text: str) -> tuple[int, ...]:
-    """``"1x28x28"`` -> (1, 28, 28); ``"28x28"`` -> (28, 28); ``"28"`` -> (28, 28)."""
-    parts = re.split(r"[x×,]", text.strip().lower())
-    try:
-        values = tuple(int(part) for part in parts)
-    except ValueError:
-        values = ()
-    if not values or len(values) > 3 or min(values) < 1:
-        raise UsageError(
-            f"--input-size must be CxHxW, HxW or a side (positive integers), e.g. 1x28x28; "
-            f"got {text!r}"
-        )
-    return values * 2 if len(values) == 1 else values
 
 
 def run_summary(args: argparse.Namespace) -> int:

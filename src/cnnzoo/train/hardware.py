@@ -15,7 +15,9 @@ __all__ = ["TorchSettings", "amp_dtype", "default_threads", "resolve_device"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``--device`` (auto, cpu, cuda, mps, ...) -> the device, or a UsageError saying why not."""
+    """``--device`` (auto, cpu, cuda, cuda:N, mps) -> the device, or a UsageError saying why not.
+
+    The one device resolver: training, evaluate, predict and explain all go through it."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -29,7 +31,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for, but MPS is not available here")
-    return torch.device(name)
+    try:
+        device = torch.device(name)  # also "cuda:1", "cpu"
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but CUDA is not available here")
+    return device
 
 
 def default_threads(processes_here: int = 1) -> int:
