@@ -138,8 +138,11 @@ class WeightSpec:
 
     def pretrained_cfg(self, num_classes: int | None = None, in_chans: int | None = None) -> dict:
         """What inference needs to know, for a model built with these weights (timm's name)."""
+        from cnnzoo.registry import fit_channel_stats
+
         num_classes = self.num_classes if num_classes is None else num_classes
         in_chans = self.in_chans if in_chans is None else in_chans
+        mean, std = fit_channel_stats(self.mean, self.std, in_chans)
         return {
             "model": self.model,
             "weights": self.name,
@@ -152,18 +155,12 @@ class WeightSpec:
             "crop_size": self.crop_size,
             "resize_size": self.resize_size,
             "interpolation": self.interpolation,
-            "mean": list(fit_channels(self.mean, in_chans)),
-            "std": list(fit_channels(self.std, in_chans)),
+            "mean": list(mean),
+            "std": list(std),
             "metrics": dict(self.metrics),
             "url": self.url,
             "file_name": self.file_name,
         }
-
-
-def fit_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    if len(values) == in_chans:
-        return values
-    return (sum(values) / len(values),) * in_chans
 
 
 class SmallImageClassification(nn.Module):

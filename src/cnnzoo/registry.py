@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -119,23 +120,31 @@ def register_model(
     return decorate
 
 
-def _channel_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    if len(values) == in_chans:
-        return values
-    average = sum(values) / len(values)
-    return (round(average, 4),) * in_chans
+def fit_channel_stats(
+    mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation statistics for ``channels`` channels, by one rule everywhere (models'
+    defaults, data loaders, pretrained weights on grey data): statistics with as many channels
+    are kept; otherwise each channel gets the statistics of the channels' average image: the
+    mean of the means and the root of the mean variance."""
+    if len(mean) == channels and len(std) == channels:
+        return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    average = sum(mean) / len(mean)
+    spread = math.sqrt(sum(s * s for s in std) / len(std))
+    return (average,) * channels, (spread,) * channels
 
 
 def _make_cfg(entry: ModelEntry, model: ZooModel, in_chans: int) -> dict[str, Any]:
     side = model.fixed_input_size or entry.input_size
+    mean, std = fit_channel_stats(entry.mean, entry.std, in_chans)
     return {
         "name": entry.name,
         "family": entry.family,
         "input_size": (in_chans, side, side),
         "min_input_size": model.min_input_size,
         "fixed_input_size": model.fixed_input_size is not None,
-        "mean": _channel_stats(entry.mean, in_chans),
-        "std": _channel_stats(entry.std, in_chans),
+        "mean": mean,
+        "std": std,
         "first_conv": model.first_conv,
         "classifier": model.classifier_name,
         "num_classes": model.num_classes,

@@ -31,6 +31,7 @@ from cnnzoo.data.datasets import DataBundle, FileSplit, TensorSplit
 from cnnzoo.data.folder import DataWarning, read_image
 from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, eval_geometry, normalizer
 from cnnzoo.errors import DataError, UsageError
+from cnnzoo.registry import fit_channel_stats
 
 AUGMENTS = ("none", "flip", "crop", "crop_flip", "rrc", "auto")
 
@@ -134,14 +135,8 @@ class BatchLoader:
         if (mean is None) != (std is None):
             raise UsageError("give both mean and std, or neither")
         if mean is None or std is None:
-            mean_t = torch.tensor(self.bundle.mean, dtype=torch.float64)
-            var_t = torch.tensor(self.bundle.std, dtype=torch.float64) ** 2
-            if len(mean_t) != self.channels:
-                if self.channels == 1:  # the grey image is the average of the channels
-                    mean_t, var_t = mean_t.mean(0, keepdim=True), var_t.mean(0, keepdim=True)
-                else:
-                    mean_t, var_t = mean_t.repeat(self.channels), var_t.repeat(self.channels)
-            return normalizer(mean_t.tolist(), var_t.sqrt().tolist(), self.device)
+            mean, std = fit_channel_stats(self.bundle.mean, self.bundle.std, self.channels)
+            return normalizer(mean, std, self.device)
         if len(mean) != self.channels or len(std) != self.channels:
             raise UsageError(
                 f"mean/std have {len(mean)}/{len(std)} values for {self.channels} channels"

@@ -25,14 +25,10 @@ SMALL_INPUT_SIDE = 64
 
 
 def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet mean/std for ``channels`` (their average for grey or other channel counts)."""
-    from cnnzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+    """ImageNet mean/std for ``channels`` (see :func:`cnnzoo.registry.fit_channel_stats`)."""
+    from cnnzoo.registry import IMAGENET_MEAN, IMAGENET_STD, fit_channel_stats
 
-    if channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    mean = sum(IMAGENET_MEAN) / 3
-    std = sum(IMAGENET_STD) / 3
-    return (mean,) * channels, (std,) * channels
+    return fit_channel_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
 
 
 def _accepts(model: Any, channels: int, height: int, width: int) -> bool:

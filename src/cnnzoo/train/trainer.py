@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import CnnzooError, DataError
-from cnnzoo.pretrained import fit_channels, resolve_weights
+from cnnzoo.pretrained import resolve_weights
+from cnnzoo.registry import fit_channel_stats
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
@@ -124,8 +125,7 @@ class Trainer:
         self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
         if self.weight_spec is not None:
             spec = self.weight_spec
-            channels = bundle.channels
-            stats = fit_channels(spec.mean, channels), fit_channels(spec.std, channels)
+            stats = fit_channel_stats(spec.mean, spec.std, bundle.channels)
             cfg = replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
         elif cfg.weights:
             stats = imagenet_stats(bundle.channels)
