@@ -187,22 +187,22 @@ def create_model(
     weights build the model for their own classes, channels and options unless given otherwise,
     and set ``model.pretrained_cfg`` (class names, transform, metrics).
     """
+    builder = get_entry(name).builder
     spec = None
     if weights is not None:
         from cnnzoo.pretrained import resolve_weights
 
         spec = resolve_weights(name, weights)
-        if spec is not None:
-            num_classes, in_chans, kwargs = spec.build_options(num_classes, in_chans, kwargs)
-    model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if spec is not None:
-        from cnnzoo.pretrained import load_pretrained
+        from cnnzoo.pretrained import build_pretrained
 
-        load_pretrained(model, spec)
-    elif weights is not None:
-        from cnnzoo.weights import load_weights
+        model = build_pretrained(builder, spec, num_classes, in_chans, kwargs)
+    else:
+        model = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if weights is not None:
+            from cnnzoo.weights import load_weights
 
-        load_weights(model, weights)
+            load_weights(model, weights)
     return model
 
 
