@@ -128,11 +128,12 @@ def train(model: str, dataset: str, recipe: dict[str, Any], args: argparse.Names
 
 
 def package(model: str, dataset: str, run_dir: Path) -> dict:
+    from safetensors.torch import save_file
+
     from cnnzoo import pretrained
     from cnnzoo.pretrained import SHIPPED_DIR, SHIPPED_MANIFEST, read_manifest, shipped_file_name
     from cnnzoo.registry import create_model
     from cnnzoo.train.checkpoint import load_checkpoint
-    from cnnzoo.weights import save_weights
 
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -146,7 +147,10 @@ def package(model: str, dataset: str, run_dir: Path) -> dict:
     )
     net.load_state_dict(checkpoint.weights)
     target = SHIPPED_DIR / shipped_file_name(model, dataset)
-    save_weights(net.float(), target)
+    tensors = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
+    # One metadata key: safetensors writes several in a random order, and the same weights
+    # should give the same bytes (and sha256) on every rebuild.
+    save_file(tensors, str(target), metadata={"model": model})
     target.chmod(0o644)  # package data: readable by everyone once installed
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     entry = {
