@@ -108,6 +108,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private, empty torch hub cache; online mode; no weights registered by other tests."""
     home = tmp_path / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("no_proxy", "*")  # the local server is reached directly, proxy or not
     monkeypatch.delenv(pretrained.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(pretrained, "_REGISTERED", {})
     return home

@@ -202,22 +202,22 @@ def create_model(
     of the stages ``out_indices`` of ``model.feature_info`` (default all; negative indices count
     from the deepest), see :func:`cnnzoo.models.features.feature_extractor`.
     """
+    builder = get_entry(name).builder
     spec = None
     if weights is not None:
         from cnnzoo.pretrained import resolve_weights
 
         spec = resolve_weights(name, weights)
-        if spec is not None:
-            num_classes, in_chans, kwargs = spec.build_options(num_classes, in_chans, kwargs)
-    model = get_entry(name).builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if spec is not None:
-        from cnnzoo.pretrained import load_pretrained
+        from cnnzoo.pretrained import build_pretrained
 
-        load_pretrained(model, spec)
-    elif weights is not None:
-        from cnnzoo.weights import load_weights
+        model = build_pretrained(builder, spec, num_classes, in_chans, kwargs)
+    else:
+        model = builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if weights is not None:
+            from cnnzoo.weights import load_weights
 
-        load_weights(model, weights)
+            load_weights(model, weights)
     if features_only:
         from cnnzoo.models.features import feature_extractor
 

@@ -181,7 +181,11 @@ def _unwrap(obj: Any, where: str) -> StateDict:
 
 
 def load_weights(
-    model: nn.Module, path_or_state_dict: str | Path | Mapping[str, Any], *, strict: bool = True
+    model: nn.Module,
+    path_or_state_dict: str | Path | Mapping[str, Any],
+    *,
+    strict: bool = True,
+    source: str | None = None,
 ) -> LoadReport:
     """Load a ``.pth``/``.pt``/``.safetensors`` file or a state-dict into ``model``.
 
@@ -190,9 +194,12 @@ def load_weights(
     model with another ``in_chans`` (summed for 1 channel, else repeated and rescaled by
     3/in_chans). With ``strict=True`` any other missing, unexpected or mis-shaped key raises a
     :class:`WeightsError`; with ``strict=False`` the tensors that fit are loaded and the rest are
-    listed in the returned :class:`LoadReport`.
+    listed in the returned :class:`LoadReport`. ``source`` names a state-dict in messages (e.g.
+    the file it was read from).
     """
-    source = "a state-dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    if source is None:
+        is_mapping = isinstance(path_or_state_dict, Mapping)
+        source = "a state-dict" if is_mapping else str(path_or_state_dict)
     state, metadata = read_state_dict(path_or_state_dict)
     report = LoadReport(source=source, metadata=metadata)
     target = model.state_dict()
