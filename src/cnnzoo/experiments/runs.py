@@ -1,0 +1,390 @@
+"""What every experiment shares: its sub-runs, its data subsets, its test curves, its records.
+
+A sub-run is an ordinary run directory written by :class:`cnnzoo.train.Trainer`. An experiment
+trains each of its sub-runs to the end, reuses one that is already finished with the same recipe,
+refuses to touch one trained with another recipe, and continues an unfinished one (the trainer's
+own resume) only when asked to (``resume=True``), so an interrupted experiment loses at most the
+epoch that was running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import pickle
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnzoo.errors import UsageError
+from cnnzoo.train import TrainConfig, Trainer
+
+__all__ = [
+    "SUBSET_DATASETS",
+    "EpochTestScores",
+    "SubRun",
+    "check_dataset",
+    "check_positive",
+    "markdown_table",
+    "provenance",
+    "read_history",
+    "subset_data_dir",
+    "train_subrun",
+]
+
+# Fields of a run's config.json that do not change what the run computes: a finished sub-run
+# whose other fields match the experiment's recipe is reused whatever these say.
+NOT_RECIPE = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "overwrite",
+        "quiet",
+        "progress_every",
+        "num_threads",
+        "num_workers",
+        "device",
+        "tensorboard",
+        "plots",
+        "model_kwargs",  # the trainer records its input plan here (e.g. small_input=True)
+    }
+)
+
+# Named sets that --subset can cut (written back in their own file format, see subset_data_dir).
+SUBSET_DATASETS = ("fashion_mnist", "mnist", "cifar10")
+
+
+def check_positive(name: str, value: int | None) -> None:
+    """A UsageError unless ``value`` is None or an integer >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be an integer >= 1, got {value}")
+
+
+def check_dataset(spec: str) -> str:
+    """The registered name of ``spec``, which must be one of the sets experiments run on."""
+    from cnnzoo.data.datasets import canonical_name
+
+    name = canonical_name(spec)
+    if name not in SUBSET_DATASETS:
+        raise UsageError(f"experiments run on {', '.join(SUBSET_DATASETS)}; got {spec!r}")
+    return name
+
+
+# --------------------------------------------------------------------------- data subsets
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _write_mnist_like(directory: Path, train: Any, test: Any, class_names: list[str]) -> None:
+    for prefix, split in (("train", train), ("t10k", test)):
+        _write_idx(directory / f"{prefix}-images-idx3-ubyte", split.images[:, 0].numpy())
+        _write_idx(directory / f"{prefix}-labels-idx1-ubyte", split.labels.numpy())
+
+
+def _write_cifar10(directory: Path, train: Any, test: Any, class_names: list[str]) -> None:
+    """CIFAR-10's python batches (protocol 2: numpy arrays and lists only, as the reader allows)."""
+
+    def dump(path: Path, obj: dict[str, Any]) -> None:
+        with open(path, "wb") as handle:
+            pickle.dump(obj, handle, protocol=2)
+
+    def batch(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        return {"data": images.reshape(len(images), -1), "labels": labels.tolist()}
+
+    images, labels = train.images.numpy(), train.labels.numpy()
+    parts = np.array_split(np.arange(len(labels)), 5)
+    for number, part in enumerate(parts, start=1):
+        dump(directory / f"data_batch_{number}", batch(images[part], labels[part]))
+    dump(directory / "test_batch", batch(test.images.numpy(), test.labels.numpy()))
+    dump(directory / "batches.meta", {"label_names": list(class_names)})
+
+
+_WRITERS: dict[str, Callable[[Path, Any, Any, list[str]], None]] = {
+    "fashion_mnist": _write_mnist_like,
+    "mnist": _write_mnist_like,
+    "cifar10": _write_cifar10,
+}
+
+
+def subset_data_dir(
+    dataset: str, size: int, root: str | Path, *, data_dir: str | Path | None = None
+) -> Path:
+    """A directory holding ``size`` training and ``min(size, test size)`` test images of
+    ``dataset`` in its own file format, so that ``--data-dir`` of any run (and its resume, and
+    ``cnnzoo evaluate``) finds exactly that subset.
+
+    Each class keeps its share to within one image (a seeded stratified cut, seed 0). The
+    directory, ``root/DATASET-subsetSIZE``, is written once (atomically) and reused.
+    """
+    from cnnzoo.data import TensorSplit, load_dataset
+    from cnnzoo.data.splits import stratified_order
+
+    target = Path(root) / f"{dataset}-subset{size}"
+    if target.is_dir():
+        return target.resolve()
+    bundle = load_dataset(dataset, data_dir=data_dir, val_split=0.0)
+    if size > len(bundle.train):
+        raise UsageError(
+            f"--subset {size}: {dataset} has only {len(bundle.train):,} training images"
+        )
+
+    def cut(split: Any, count: int) -> Any:
+        keep = np.sort(stratified_order(split.labels.numpy(), seed=0)[:count])
+        return TensorSplit(split.images[keep], split.labels[keep])
+
+    train, test = cut(bundle.train, size), cut(bundle.test, min(size, len(bundle.test)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _WRITERS[dataset](staging, train, test, list(bundle.class_names))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target.resolve()
+
+
+# --------------------------------------------------------------------------- test curve
+
+
+class EpochTestScores:
+    """Test loss and error of a run after each of its epochs, kept in ``RUN/test_curve.json``.
+
+    The one place where an experiment scores the test split during training. Today's trainer has
+    no per-epoch hook, so :func:`train_subrun` trains one epoch at a time and this scores the
+    ``last`` checkpoint each epoch leaves; with a callback API this becomes ``on_epoch_end``.
+    """
+
+    FILE = "test_curve.json"
+
+    def __init__(self, run_dir: Path, *, progress: bool = False) -> None:
+        self.run_dir = run_dir
+        self.progress = progress
+        self._data: tuple[Any, Any] | None = None  # (bundle, its data settings), loaded once
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict[int, dict[str, float]]:
+        """Epoch (1-based) -> {"test_loss", "test_acc"} for every scored epoch."""
+        path = run_dir / cls.FILE
+        if not path.is_file():
+            return {}
+        return {int(epoch): row for epoch, row in json.loads(path.read_text()).items()}
+
+    def score_last(self) -> tuple[int, dict[str, float]] | None:
+        """Score the run's last checkpoint unless its epoch is scored already; (epoch, scores)."""
+        from cnnzoo.train.checkpoint import checkpoint_exists, load_checkpoint
+
+        if not checkpoint_exists(self.run_dir, "last"):
+            return None
+        epoch = load_checkpoint(self.run_dir, "last").epoch
+        scores = self.read(self.run_dir)
+        if epoch in scores:
+            return None
+        scores[epoch] = self._evaluate()
+        text = json.dumps({str(k): scores[k] for k in sorted(scores)}, indent=2) + "\n"
+        temporary = self.run_dir / f".{self.FILE}.tmp"
+        temporary.write_text(text)
+        os.replace(temporary, self.run_dir / self.FILE)
+        return epoch, scores[epoch]
+
+    def _evaluate(self) -> dict[str, float]:
+        from cnnzoo.analysis.metrics import evaluate_model
+        from cnnzoo.data import load_dataset, make_loader
+        from cnnzoo.inference import load_model
+
+        loaded = load_model(self.run_dir / "last.safetensors")
+        if self._data is None:
+            config = loaded.config
+            self._data = load_dataset(
+                str(config["dataset"]),
+                data_dir=config.get("data_dir"),
+                val_split=float(config.get("val_split", 0.1)),
+                seed=int(config.get("seed", 0)),
+            )
+        bundle = self._data
+        side = loaded.input_size[0]
+        loader = make_loader(
+            bundle,
+            "test",
+            batch_size=256,
+            image_size=side if (side, side) != tuple(bundle.image_size) else None,
+            mean=loaded.mean,
+            std=loaded.std,
+            channels=loaded.channels,
+        )
+        result = evaluate_model(loaded.model, loader, loaded.num_classes, progress=self.progress)
+        return {"test_loss": float(result.loss), "test_acc": float(result.top1)}
+
+
+# --------------------------------------------------------------------------- sub-runs
+
+
+@dataclass
+class SubRun:
+    """A finished sub-run as the experiment reads it back."""
+
+    name: str
+    run_dir: Path
+    metrics: dict[str, Any]  # metrics.json
+    history: list[dict[str, float]]  # history.csv, one row per epoch
+    test_curve: dict[int, dict[str, float]]  # test_curve.json (empty when not scored)
+    trained_now: int  # epochs this call trained (0 for a reused run)
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """history.csv as numbers (empty cells, like val_loss without a validation split: NaN)."""
+    with open(run_dir / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in rows]
+
+
+def _saved_epoch(run_dir: Path) -> int:
+    from cnnzoo.train.checkpoint import checkpoint_exists, load_checkpoint
+
+    return load_checkpoint(run_dir, "last").epoch if checkpoint_exists(run_dir, "last") else 0
+
+
+def _check_recipe(run_dir: Path, wanted: TrainConfig) -> None:
+    saved = json.loads((run_dir / "config.json").read_text())
+    asked = wanted.resolved().to_dict()
+    for key in sorted(set(asked) - NOT_RECIPE):
+        if saved.get(key) != asked[key]:
+            raise UsageError(
+                f"{run_dir} was trained with another recipe ({key}: {saved.get(key)!r} there, "
+                f"{asked[key]!r} now); give the same options or another output directory"
+            )
+
+
+def train_subrun(
+    config: TrainConfig,
+    *,
+    resume: bool,
+    score_test: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> SubRun | None:
+    """Train ``config`` into ``config.output_dir`` to the end, or reuse it there when finished.
+
+    ``score_test`` scores the test split after every epoch (see :class:`EpochTestScores`); the
+    run then trains one epoch per :class:`Trainer` call, whose own lines go to its train.log only,
+    and ``log`` receives one line per epoch instead. ``stop_after`` ends after that many epochs
+    (returning None), leaving a run that ``resume=True`` continues.
+    """
+    run_dir = Path(str(config.output_dir))
+    name = run_dir.name
+    started = (run_dir / "config.json").is_file()
+    before = 0
+    if started:
+        _check_recipe(run_dir, config)
+        before = _saved_epoch(run_dir)
+        if not (run_dir / "metrics.json").is_file():
+            if not resume:
+                raise UsageError(
+                    f"{run_dir} holds an unfinished run (epoch {before} of {config.epochs}); "
+                    "continue it with --resume"
+                )
+            log(f"{name}: resuming after epoch {before} of {config.epochs} ({run_dir})")
+        else:
+            log(f"{name}: finished run reused ({run_dir})")
+    else:
+        log(f"{name}: training {config.epochs} epochs -> {run_dir}")
+    scorer = EpochTestScores(run_dir, progress=progress) if score_test else None
+    done = before
+    while True:
+        if scorer is not None and (scored := scorer.score_last()) is not None:
+            epoch, scores = scored
+            row = read_history(run_dir)[epoch - 1]
+            log(
+                f"{name} epoch {epoch}/{config.epochs}: train error "
+                f"{100 * (1 - row['train_acc']):.2f}%, test error "
+                f"{100 * (1 - scores['test_acc']):.2f}% ({row['seconds']:.0f} s)"
+            )
+        if (run_dir / "metrics.json").is_file():
+            break
+        if stop_after is not None and done - before >= stop_after:
+            return None
+        chunk = stop_after - (done - before) if stop_after is not None else None
+        trainer = Trainer(_resume_config(config) if started else config)
+        if scorer is None:
+            trainer.fit(stop_after=chunk)
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):  # repeated start lines: train.log only
+                trainer.fit(stop_after=1)
+        started = True
+        done = _saved_epoch(run_dir)
+    return SubRun(
+        name=name,
+        run_dir=run_dir,
+        metrics=json.loads((run_dir / "metrics.json").read_text()),
+        history=read_history(run_dir),
+        test_curve=EpochTestScores.read(run_dir),
+        trained_now=done - before,
+    )
+
+
+def _resume_config(config: TrainConfig) -> TrainConfig:
+    """Continue ``config``'s run with its own saved recipe; only the machine settings carry."""
+    return TrainConfig(
+        resume=config.output_dir,
+        quiet=config.quiet,
+        num_threads=config.num_threads,
+        device=config.device,
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+
+def provenance(command: Sequence[str], *, threads: int, measure: bool = False) -> dict[str, Any]:
+    """What a result file records so that it can be traced: the command that regenerates it,
+    the machine (cnnzoo.machine), torch's threads, cnnzoo's version and the date."""
+    import cnnzoo
+    from cnnzoo.machine import machine_info
+
+    machine = machine_info(measure=measure)
+    machine["torch_threads"] = threads
+    return {
+        "command": shlex.join(command),
+        "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "cnnzoo": cnnzoo.__version__,
+        "machine": machine,
+    }
+
+
+def provenance_lines(record: dict[str, Any]) -> list[str]:
+    """The provenance as markdown lines, for the top of a result table."""
+    from cnnzoo.machine import header
+
+    return [
+        f"Regenerate with: `{record['command']}`",
+        "",
+        f"Written {record['date']} by cnnzoo {record['cnnzoo']} on:",
+        "",
+        *(f"- {line}" for line in header(record["machine"]).splitlines()),
+    ]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; numbers right-aligned (the first column stays left)."""
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
