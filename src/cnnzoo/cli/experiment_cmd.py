@@ -21,8 +21,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _subset(text: str) -> int | None:
+    return None if text == "all" else _int(text)
+
+
 def register(subparsers: Any) -> None:
     from cnnzoo.experiments import degradation, zoo_table
+    from cnnzoo.experiments.runs import DEFAULT_SUBSET
 
     p = subparsers.add_parser(
         "experiment",
@@ -38,7 +43,7 @@ def register(subparsers: Any) -> None:
     which = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     which.add_parser("list", help="the experiments, what each reproduces, how long it takes")
 
-    def common(q: argparse.ArgumentParser, default_dir: str) -> None:
+    def common(q: argparse.ArgumentParser, default_dir: str, default_epochs: int) -> None:
         q.add_argument(
             "--dataset",
             "-d",
@@ -46,12 +51,19 @@ def register(subparsers: Any) -> None:
             help="fashion_mnist (default), mnist, cifar10",
         )
         q.add_argument("--data-dir", help="where the dataset lives (default: the usual places)")
-        q.add_argument("--epochs", type=_int, help="epochs per sub-run")
+        q.add_argument(
+            "--epochs",
+            type=_int,
+            default=default_epochs,
+            help=f"epochs per sub-run (default {default_epochs})",
+        )
         q.add_argument(
             "--subset",
-            type=_int,
-            metavar="N",
-            help="train on a class-balanced N images and test on at most N (default: all)",
+            type=_subset,
+            default=DEFAULT_SUBSET,
+            metavar="N|all",
+            help="train on a class-balanced N training images, test on at most N "
+            f"(default {DEFAULT_SUBSET}; all: the whole dataset)",
         )
         q.add_argument(
             "--resume", action="store_true", help="continue unfinished sub-runs in OUTPUT"
@@ -71,7 +83,7 @@ def register(subparsers: Any) -> None:
         help="plain nets against ResNets of the same depths (He et al. 2015, Fig. 1 and 6)",
         description=degradation.__doc__,
     )
-    common(deg, "runs/degradation")
+    common(deg, "runs/degradation", degradation.DEFAULT_EPOCHS)
     deg.add_argument(
         "--depths",
         type=_int,
@@ -87,14 +99,13 @@ def register(subparsers: Any) -> None:
         default="step",
         help="step: lr / 10 at 50 %% and 75 %% of the epochs, as the paper (default); cosine",
     )
-    deg.set_defaults(epochs_default=degradation.DEFAULT_EPOCHS)
 
     zoo = which.add_parser(
         "zoo-table",
         help="parameters, multiply-adds, images/s and test accuracy of zoo models, measured",
         description=zoo_table.__doc__,
     )
-    common(zoo, "runs/zoo-table")
+    common(zoo, "runs/zoo-table", zoo_table.DEFAULT_EPOCHS)
     zoo.add_argument(
         "--models",
         nargs="+",
@@ -108,7 +119,6 @@ def register(subparsers: Any) -> None:
         default=zoo_table.INFER_BATCH,
         help=f"batch for the inference speed (default {zoo_table.INFER_BATCH})",
     )
-    zoo.set_defaults(epochs_default=zoo_table.DEFAULT_EPOCHS)
     p.set_defaults(run=run_experiment)
 
 
@@ -124,15 +134,26 @@ def run_experiment(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(
         dataset=args.dataset,
         data_dir=args.data_dir,
-        epochs=args.epochs if args.epochs is not None else args.epochs_default,
+        epochs=args.epochs,
         subset=args.subset,
         resume=args.resume,
         num_threads=args.num_threads,
         quiet=args.quiet,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    if args.experiment == "degradation":
-        run_degradation(args.output_dir, depths=args.depths, schedule=args.schedule, **options)
-    else:
-        run_zoo_table(args.output_dir, models=args.models, infer_batch=args.infer_batch, **options)
+    try:
+        if args.experiment == "degradation":
+            run_degradation(args.output_dir, depths=args.depths, schedule=args.schedule, **options)
+        else:
+            run_zoo_table(
+                args.output_dir, models=args.models, infer_batch=args.infer_batch, **options
+            )
+    except KeyboardInterrupt:
+        # Finished epochs are saved in their sub-runs; say how to continue the whole experiment.
+        print(
+            f"cnnzoo experiment: the finished epochs are kept in {args.output_dir}; to continue, "
+            "run the same command with --resume",
+            file=sys.stderr,
+        )
+        raise
     return 0

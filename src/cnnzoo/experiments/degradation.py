@@ -5,8 +5,9 @@ of 20- and 56-layer plain nets on CIFAR-10) and Fig. 6 (plain nets against ResNe
 depths). Each depth trains a plain net and a ResNet (the zoo's ``plainN`` and ``resnetN``, option-A
 shortcuts, identical parameter counts) with one recipe, the paper's: SGD with momentum 0.9, lr
 0.1 divided by 10 at 50 % and 75 % of training (the paper's 32k and 48k of 64k iterations), weight
-decay 1e-4, batch 128, padded random crops and horizontal flips, the whole training set (no
-validation split, as in the paper's figure). The test split is scored after every epoch.
+decay 1e-4, batch 128, padded random crops and horizontal flips, every training image (of the
+subset) with no validation split, as in the paper's figure. The test split is scored after every
+epoch.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import torch
 from cnnzoo.errors import UsageError
 from cnnzoo.experiments.registry import Experiment, register_experiment
 from cnnzoo.experiments.runs import (
+    DEFAULT_SUBSET,
+    MEASURED_ON,
+    Rates,
     SubRun,
     check_dataset,
     check_positive,
+    estimated_seconds,
     markdown_table,
     provenance,
     provenance_lines,
@@ -41,10 +46,13 @@ DEFAULT_DEPTHS = (20, 56)
 DEFAULT_EPOCHS = 20
 SCHEDULES = ("step", "cosine")
 
-# Seconds per epoch measured here on full-size Fashion-MNIST (60,000 training images, 28 px,
-# the recipe above), one epoch each, a 2-core CPU shared with other jobs (load average ~5),
-# torch 2.14.1, 2 threads; see the README's Experiments section.
-EPOCH_SECONDS: dict[str, float] = {}
+# Images/s of each net with the recipe above (see runs.MEASURED_ON), for `cnnzoo experiment list`.
+RATES: dict[str, Rates] = {
+    "plain20": Rates(train=123.9, infer=371.9),
+    "resnet20": Rates(train=82.1, infer=349.1),
+    "plain56": Rates(train=19.8, infer=117.8),
+    "resnet56": Rates(train=14.3, infer=88.5),
+}
 
 
 def nets_of(depth: int) -> tuple[str, str]:
@@ -113,8 +121,7 @@ def command(
     """The command line that regenerates these results."""
     words = ["cnnzoo", "experiment", NAME, "--dataset", dataset, "--epochs", str(epochs)]
     words += ["--depths", *map(str, depths)]
-    if subset is not None:
-        words += ["--subset", str(subset)]
+    words += ["--subset", str(subset) if subset is not None else "all"]
     if schedule != "step":
         words += ["--schedule", schedule]
     return [*words, "-o", str(output_dir)]
@@ -167,7 +174,7 @@ def _markdown(record: dict[str, Any]) -> str:
             pct(row["best_train_error"]),
             pct(row["final_test_error"]),
             pct(row["best_test_error"]),
-            f"{row['train_seconds']:.0f}",
+            f"{row['train_seconds']:.1f}",
         ]
         for row in record["rows"]
     ]
@@ -210,7 +217,7 @@ def run_degradation(
     dataset: str = "fashion_mnist",
     epochs: int = DEFAULT_EPOCHS,
     depths: Sequence[int] = DEFAULT_DEPTHS,
-    subset: int | None = None,
+    subset: int | None = DEFAULT_SUBSET,
     schedule: str = "step",
     resume: bool = False,
     data_dir: str | Path | None = None,
@@ -248,7 +255,6 @@ def run_degradation(
                 quiet=quiet,
             )
             run = train_subrun(config, resume=resume, score_test=True, progress=progress, log=log)
-            assert run is not None
             runs.append((run, _curve(run, depth, residual)))
     recipe_config = runs[0][0].run_dir / "config.json"
     saved = json.loads(recipe_config.read_text())
@@ -290,14 +296,18 @@ def run_degradation(
 
 
 def duration() -> str:
-    if not EPOCH_SECONDS:
-        return "not measured yet"
     nets = [name for depth in DEFAULT_DEPTHS for name in nets_of(depth)]
-    per_epoch = sum(EPOCH_SECONDS[name] for name in nets)
+    if not all(name in RATES for name in nets):
+        return "not measured yet"
+    full = estimated_seconds(RATES, nets, trained=60_000, scored=10_000, epochs=1)
+    size = DEFAULT_SUBSET or 60_000
+    defaults = estimated_seconds(
+        RATES, nets, trained=size, scored=min(size, 10_000), epochs=DEFAULT_EPOCHS
+    )
     return (
-        f"measured {per_epoch / 60:.0f} min per epoch for {', '.join(nets)} on full "
-        f"Fashion-MNIST; the defaults ({DEFAULT_EPOCHS} epochs) about "
-        f"{per_epoch * DEFAULT_EPOCHS / 3600:.1f} h (estimated from that)"
+        f"estimated from images/s {MEASURED_ON}: {full / 60:.0f} min per epoch of "
+        f"{', '.join(nets)} on all of Fashion-MNIST; the defaults ({size:,} images, "
+        f"{DEFAULT_EPOCHS} epochs) about {defaults / 3600:.1f} h"
     )
 
 

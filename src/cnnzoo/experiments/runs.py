@@ -26,15 +26,20 @@ from typing import Any
 
 import numpy as np
 
+from cnnzoo.data import DataBundle
 from cnnzoo.errors import UsageError
 from cnnzoo.train import TrainConfig, Trainer
 
 __all__ = [
+    "DEFAULT_SUBSET",
+    "MEASURED_ON",
     "SUBSET_DATASETS",
     "EpochTestScores",
+    "Rates",
     "SubRun",
     "check_dataset",
     "check_positive",
+    "estimated_seconds",
     "markdown_table",
     "provenance",
     "read_history",
@@ -62,6 +67,33 @@ NOT_RECIPE = frozenset(
 
 # Named sets that --subset can cut (written back in their own file format, see subset_data_dir).
 SUBSET_DATASETS = ("fashion_mnist", "mnist", "cifar10")
+# Training images the experiments use unless told otherwise (None: all). A full-size run of
+# either experiment takes days on a busy 2-core CPU (see `cnnzoo experiment list`).
+DEFAULT_SUBSET: int | None = 10_000
+
+# Where and how the Rates in the experiments' modules were measured: each model's first 30
+# training steps (after 3 warm-up steps) and 5 test batches of 256, through the trainer, on
+# full-size Fashion-MNIST with the experiment's recipe.
+MEASURED_ON = (
+    "measured 2026-11-30 on a 2-core AMD EPYC shared with other jobs (load average 8-13), "
+    "torch 2.14.1, 2 threads"
+)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second of one model, measured here: training steps and test scoring."""
+
+    train: float
+    infer: float
+
+
+def estimated_seconds(
+    rates: dict[str, Rates], models: Sequence[str], *, trained: int, scored: int, epochs: int
+) -> float:
+    """Seconds for ``epochs`` epochs of every model: ``trained`` images through a training step
+    and ``scored`` through the network in eval mode per epoch, at the measured rates."""
+    return epochs * sum(trained / rates[m].train + scored / rates[m].infer for m in models)
 
 
 def check_positive(name: str, value: int | None) -> None:
@@ -174,7 +206,7 @@ class EpochTestScores:
     def __init__(self, run_dir: Path, *, progress: bool = False) -> None:
         self.run_dir = run_dir
         self.progress = progress
-        self._data: tuple[Any, Any] | None = None  # (bundle, its data settings), loaded once
+        self._data: DataBundle | None = None  # the run's dataset, loaded once
 
     @classmethod
     def read(cls, run_dir: Path) -> dict[int, dict[str, float]]:
@@ -242,7 +274,6 @@ class SubRun:
     metrics: dict[str, Any]  # metrics.json
     history: list[dict[str, float]]  # history.csv, one row per epoch
     test_curve: dict[int, dict[str, float]]  # test_curve.json (empty when not scored)
-    trained_now: int  # epochs this call trained (0 for a reused run)
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:
@@ -276,19 +307,16 @@ def train_subrun(
     score_test: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
-    stop_after: int | None = None,
-) -> SubRun | None:
+) -> SubRun:
     """Train ``config`` into ``config.output_dir`` to the end, or reuse it there when finished.
 
     ``score_test`` scores the test split after every epoch (see :class:`EpochTestScores`); the
     run then trains one epoch per :class:`Trainer` call, whose own lines go to its train.log only,
-    and ``log`` receives one line per epoch instead. ``stop_after`` ends after that many epochs
-    (returning None), leaving a run that ``resume=True`` continues.
+    and ``log`` receives one line per epoch instead.
     """
     run_dir = Path(str(config.output_dir))
     name = run_dir.name
     started = (run_dir / "config.json").is_file()
-    before = 0
     if started:
         _check_recipe(run_dir, config)
         before = _saved_epoch(run_dir)
@@ -304,7 +332,6 @@ def train_subrun(
     else:
         log(f"{name}: training {config.epochs} epochs -> {run_dir}")
     scorer = EpochTestScores(run_dir, progress=progress) if score_test else None
-    done = before
     while True:
         if scorer is not None and (scored := scorer.score_last()) is not None:
             epoch, scores = scored
@@ -316,24 +343,19 @@ def train_subrun(
             )
         if (run_dir / "metrics.json").is_file():
             break
-        if stop_after is not None and done - before >= stop_after:
-            return None
-        chunk = stop_after - (done - before) if stop_after is not None else None
         trainer = Trainer(_resume_config(config) if started else config)
         if scorer is None:
-            trainer.fit(stop_after=chunk)
+            trainer.fit()
         else:
             with contextlib.redirect_stdout(io.StringIO()):  # repeated start lines: train.log only
                 trainer.fit(stop_after=1)
         started = True
-        done = _saved_epoch(run_dir)
     return SubRun(
         name=name,
         run_dir=run_dir,
         metrics=json.loads((run_dir / "metrics.json").read_text()),
         history=read_history(run_dir),
         test_curve=EpochTestScores.read(run_dir),
-        trained_now=done - before,
     )
 
 

@@ -21,8 +21,12 @@ import torch.nn.functional as F
 from cnnzoo.errors import UsageError
 from cnnzoo.experiments.registry import Experiment, register_experiment
 from cnnzoo.experiments.runs import (
+    DEFAULT_SUBSET,
+    MEASURED_ON,
+    Rates,
     check_dataset,
     check_positive,
+    estimated_seconds,
     markdown_table,
     provenance,
     provenance_lines,
@@ -63,10 +67,20 @@ INFER_BATCH = 64
 SPEED_SECONDS = 2.0  # timed loop per measurement, after a 2-call warm-up
 SPEED_FILE = "speed.json"
 
-# Seconds per epoch measured here on full-size Fashion-MNIST (54,000 training images after the
-# default 10 % validation split, 28 px, TrainConfig defaults), one epoch each, a 2-core CPU shared
-# with other jobs (load average ~5), torch 2.14.1, 2 threads; see the README's Experiments section.
-EPOCH_SECONDS: dict[str, float] = {}
+# Images/s of each default model with its default recipe (see runs.MEASURED_ON), for
+# `cnnzoo experiment list`.
+RATES: dict[str, Rates] = {
+    "lenet5": Rates(train=241.7, infer=2523.8),
+    "lenet_caffe": Rates(train=424.3, infer=2433.9),
+    "resnet20": Rates(train=32.3, infer=366.5),
+    "resnet56": Rates(train=19.5, infer=106.0),
+    "plain20": Rates(train=76.5, infer=318.5),
+    "mobilenet_v2": Rates(train=31.9, infer=340.3),
+    "shufflenet_v2_x1_0": Rates(train=69.3, infer=949.0),
+    "efficientnet_b0": Rates(train=21.4, infer=347.0),
+    "resnet18": Rates(train=75.8, infer=373.8),
+    "vgg11_bn": Rates(train=47.9, infer=225.5),
+}
 
 
 def default_recipe(model: str, dataset: str) -> dict[str, Any]:
@@ -196,8 +210,7 @@ def command(
 ) -> list[str]:
     words = ["cnnzoo", "experiment", NAME, "--models", *models, "--dataset", dataset]
     words += ["--epochs", str(epochs)]
-    if subset is not None:
-        words += ["--subset", str(subset)]
+    words += ["--subset", str(subset) if subset is not None else "all"]
     return [*words, "-o", str(output_dir)]
 
 
@@ -213,7 +226,7 @@ def _markdown(record: dict[str, Any]) -> str:
             f"{row['train_images_per_s']:,.0f}",
             f"{100 * row['test_top1']:.2f}",
             row["epochs"],
-            f"{row['train_seconds']:.0f}",
+            f"{row['train_seconds']:.1f}",
         ]
         for row in sorted(record["rows"], key=lambda r: -r["test_top1"])
     ]
@@ -237,10 +250,10 @@ def _markdown(record: dict[str, Any]) -> str:
             *provenance_lines(record["provenance"]),
             "",
             f"Data: {data}. Each model trains with its default recipe ({options['recipe']}) "
-            f"for {options['epochs']} epochs; test accuracy is its run's metrics.json.",
+            f"for {options['epochs']} epoch(s); test accuracy is its run's metrics.json.",
             "",
             markdown_table(headers, rows),
-            f"Speeds: random batches at the run's input size, {speed['threads']} torch threads, "
+            f"Speeds: random batches at the run's input size, torch threads: {speed['threads']}, "
             f"inference batch {speed['infer_batch']} (eval mode, inference_mode), training batch "
             f"{speed['train_batch']} (forward, backward, SGD step); median of a timed loop after "
             "a 2-call warm-up. Multiply-adds are per image at that input size (torch's flop "
@@ -259,7 +272,7 @@ def run_zoo_table(
     models: Sequence[str] = DEFAULT_MODELS,
     dataset: str = "fashion_mnist",
     epochs: int = DEFAULT_EPOCHS,
-    subset: int | None = None,
+    subset: int | None = DEFAULT_SUBSET,
     resume: bool = False,
     data_dir: str | Path | None = None,
     num_threads: int | None = None,
@@ -305,7 +318,6 @@ def run_zoo_table(
     runs = {}
     for config in configs:
         run = train_subrun(config, resume=resume, log=log)
-        assert run is not None
         runs[run.name] = run
     threads = num_threads or usable_cores()
     rows = []
@@ -368,13 +380,19 @@ def run_zoo_table(
 
 
 def duration() -> str:
-    if not EPOCH_SECONDS:
+    if not all(name in RATES for name in DEFAULT_MODELS):
         return "not measured yet"
-    per_epoch = sum(EPOCH_SECONDS[name] for name in DEFAULT_MODELS)
+    # The default 10 % validation split is scored after every epoch.
+    full = estimated_seconds(RATES, DEFAULT_MODELS, trained=54_000, scored=6_000, epochs=1)
+    size = DEFAULT_SUBSET or 60_000
+    defaults = estimated_seconds(
+        RATES, DEFAULT_MODELS, trained=size * 9 // 10, scored=size // 10, epochs=DEFAULT_EPOCHS
+    )
     return (
-        f"measured {per_epoch / 60:.0f} min per epoch for the {len(DEFAULT_MODELS)} default "
-        f"models on full Fashion-MNIST; the defaults ({DEFAULT_EPOCHS} epochs) about "
-        f"{per_epoch * DEFAULT_EPOCHS / 3600:.1f} h (estimated from that)"
+        f"estimated from images/s {MEASURED_ON}: {full / 60:.0f} min per epoch of the "
+        f"{len(DEFAULT_MODELS)} default models on all of Fashion-MNIST; the defaults "
+        f"({size:,} images, {DEFAULT_EPOCHS} epochs) about {defaults / 3600:.1f} h, plus a "
+        "test pass and a few seconds of speed measurement per model"
     )
 
 
