@@ -191,6 +191,10 @@ def test_degradation_schedule_is_the_papers() -> None:
     assert milestones(20) == [10, 15] and milestones(2) == [1] and milestones(1) == []
     config = degradation_config("plain20", dataset="fashion_mnist", epochs=1, output_dir="x")
     assert config.schedule == "none"  # one epoch: nothing to divide
+    config = degradation_config(
+        "plain20", dataset="fashion_mnist", epochs=20, output_dir="x", schedule="cosine"
+    )
+    assert (config.schedule, config.milestones) == ("cosine", None)
     assert degradation.nets_of(56) == ("plain56", "resnet56")
 
 
@@ -328,6 +332,17 @@ def test_bad_requests_are_one_line_usage_errors(argv, message, tmp_path: Path, c
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_subset_defaults_and_all() -> None:
+    from cnnzoo.cli.main import build_parser
+    from cnnzoo.experiments.runs import DEFAULT_SUBSET
+
+    parse = build_parser().parse_args
+    assert parse(["experiment", "degradation"]).subset == DEFAULT_SUBSET == 10_000
+    assert parse(["experiment", "zoo-table", "--subset", "all"]).subset is None
+    assert parse(["experiment", "zoo-table"]).epochs == zoo_table.DEFAULT_EPOCHS
+    assert parse(["experiment", "degradation"]).depths == [20, 56]
 
 
 def test_list_names_each_experiment_and_what_it_reproduces(capsys) -> None:
