@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cnnzoo.errors import UsageError
 from cnnzoo.experiments.registry import Experiment, register_experiment
@@ -121,18 +122,23 @@ def _images_per_s(step: Callable[[], Any], batch: int) -> float:
 
 
 def measure_speed(
-    run_dir: str | Path, *, threads: int, infer_batch: int = INFER_BATCH, train_batch: int
+    model: nn.Module,
+    config: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    threads: int,
+    infer_batch: int = INFER_BATCH,
+    train_batch: int,
 ) -> dict[str, Any]:
-    """Inference and training images/s of the network a run trained, at its input size, on random
-    batches, with ``threads`` torch threads; kept in ``RUN/speed.json`` and reused while the
-    machine, torch, threads and batch sizes stay the same."""
-    from cnnzoo.analysis.predict import input_size_of, load_run
+    """Inference and training images/s of a run's network (``load_run``'s model and config; its
+    weights are trained further here) at the run's input size, on random batches, with
+    ``threads`` torch threads; kept in ``RUN/speed.json`` and reused while the machine, torch,
+    threads and batch sizes stay the same."""
+    from cnnzoo.analysis.predict import input_size_of
     from cnnzoo.machine import cpu_model
-    from cnnzoo.registry import create_model
 
     run_dir = Path(run_dir)
-    trained, config = load_run(run_dir)
-    height, width = input_size_of(trained, config)
+    height, width = input_size_of(model, config)  # type: ignore[arg-type]
     channels = int(config["in_chans"])
     key = {
         "cpu": cpu_model(),
@@ -153,12 +159,7 @@ def measure_speed(
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        model = create_model(
-            str(config["model"]),
-            num_classes=int(config["num_classes"]),
-            in_chans=channels,
-            **dict(config.get("model_kwargs") or {}),
-        ).to(memory_format=memory_format)
+        model = model.to(memory_format=memory_format)
 
         def batch(size: int) -> torch.Tensor:
             return torch.randn(size, channels, height, width).to(memory_format=memory_format)
@@ -194,15 +195,6 @@ def measure_speed(
     }
     cached.write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def _macs(run_dir: Path) -> int:
-    from cnnzoo.analysis.flops import count_macs
-    from cnnzoo.analysis.predict import input_size_of, load_run
-
-    model, config = load_run(run_dir)
-    height, width = input_size_of(model, config)
-    return count_macs(model, (int(config["in_chans"]), height, width))
 
 
 def command(
@@ -284,6 +276,8 @@ def run_zoo_table(
     """Train each model into ``output_dir/MODEL`` (reusing finished runs, continuing unfinished
     ones with ``resume``), measure its speed, and write ``zoo_table.md``, ``zoo_table.png`` and
     ``zoo_table.json`` there; the record."""
+    from cnnzoo.analysis.flops import count_macs
+    from cnnzoo.analysis.predict import input_size_of, load_run
     from cnnzoo.machine import usable_cores
     from cnnzoo.registry import list_models, unknown_model_message
     from cnnzoo.train.progress import each_with_bar
@@ -321,19 +315,24 @@ def run_zoo_table(
         runs[run.name] = run
     threads = num_threads or usable_cores()
     rows = []
-    for model in each_with_bar(models, "measuring speed", enabled=progress):
-        run = runs[model]
+    for name in each_with_bar(models, "measuring speed", enabled=progress):
+        run = runs[name]
+        network, config = load_run(run.run_dir)
+        height, width = input_size_of(network, config)
+        macs = count_macs(network, (int(config["in_chans"]), height, width))
         speed = measure_speed(
+            network,
+            config,
             run.run_dir,
             threads=threads,
             infer_batch=infer_batch,
-            train_batch=int(json.loads((run.run_dir / "config.json").read_text())["batch_size"]),
+            train_batch=int(config["batch_size"]),
         )
         rows.append(
             {
                 "model": run.name,
                 "params": int(run.metrics["params"]),
-                "macs": _macs(run.run_dir),
+                "macs": macs,
                 "image_size": int(run.metrics["image_size"]),
                 "input": run.metrics.get("input"),
                 "infer_images_per_s": speed["infer_images_per_s"],
