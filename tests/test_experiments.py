@@ -20,9 +20,10 @@ from cnnzoo.data import TensorSplit, load_dataset
 from cnnzoo.errors import DataError, UsageError
 from cnnzoo.experiments import degradation, zoo_table
 from cnnzoo.experiments.degradation import degradation_config, milestones, run_degradation
-from cnnzoo.experiments.runs import EpochTestScores, _write_cifar10, subset_data_dir
-from cnnzoo.experiments.zoo_table import run_zoo_table
+from cnnzoo.experiments.runs import TestCurve, _write_cifar10, subset_data_dir
+from cnnzoo.experiments.zoo_table import recipe_of, run_zoo_table
 from cnnzoo.train import Trainer
+from cnnzoo.train.defaults import default_recipe
 
 SUBSET = 128  # one batch of the recipes' 128: each epoch is a single step
 TINY = dict(subset=SUBSET, num_threads=1, quiet=True)
@@ -81,7 +82,8 @@ def degradation_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "plain20", dataset="fashion_mnist", epochs=2, output_dir=out / "plain20",
         data_dir=data_dir, num_threads=1, quiet=True,
     )  # fmt: skip
-    assert Trainer(partial).fit(stop_after=1)["finished"] is False
+    partial_history = Trainer(partial, callbacks=[TestCurve()]).fit(stop_after=1)
+    assert partial_history.epoch == [0] and not (out / "plain20" / "metrics.json").exists()
     first_epoch = history(out / "plain20")[0]
     with pytest.raises(UsageError, match="unfinished run .*epoch 1 of 2.*--resume"):
         run_degradation(out, depths=[20], epochs=2, log=lambda _: None, **TINY)
@@ -103,21 +105,21 @@ def test_degradation_draws_the_figure_and_tables_the_runs(degradation_dir: dict)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         epochs = history(run_dir)
         train_errors = [1 - float(r["train_acc"]) for r in epochs]
-        curve = EpochTestScores.read(run_dir)
+        curve = TestCurve.read(run_dir)
         # Every number is the sub-run's own: metrics.json, history.csv, test_curve.json.
         assert row["params"] == metrics["params"] == 269_434
         assert row["epochs"] == metrics["epochs_run"] == 2
         assert row["final_train_error"] == train_errors[-1]
         assert row["best_train_error"] == min(train_errors)
         assert row["final_test_error"] == 1 - metrics["test_top1"]
-        assert row["best_test_error"] == min(1 - s["test_acc"] for s in curve.values())
+        assert row["best_test_error"] == min(1 - s["test_accuracy"] for s in curve.values())
         assert row["train_seconds"] == metrics["train_seconds"]
         assert shown[3] == f"{metrics['params']:,}"
         assert shown[5] == pct(train_errors[-1]) and shown[7] == pct(1 - metrics["test_top1"])
         # The test split is scored after every epoch; the last score is the run's own test.
         assert sorted(curve) == [1, 2]
-        assert abs(curve[2]["test_acc"] - metrics["test_top1"]) <= 1 / SUBSET
-        assert 0 < curve[2]["test_loss"] < 10
+        assert curve[2]["test_accuracy"] == metrics["test_top1"]
+        assert curve[2]["test_loss"] == metrics["test_loss"]
     curves = {c["model"]: c for c in record["curves"]}
     assert curves["plain20"]["residual"] is False and curves["resnet20"]["residual"] is True
     assert all(len(c["test_error"]) == 2 and not any(map(math.isnan, c["test_error"]))
@@ -153,23 +155,22 @@ def test_degradation_resume_continued_the_interrupted_run(degradation_dir: dict)
     rows = history(out / "plain20")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert rows[0] == degradation_dir["first_epoch"]  # epoch 1 kept, not trained again
-    assert "resuming after epoch 1" in (out / "plain20" / "train.log").read_text()
+    log = (out / "plain20" / "train.log").read_text()
+    assert "resuming after epoch 1" in log
     lines = degradation_dir["lines"]
     assert "plain20: resuming after epoch 1 of 2" in lines[0]
     assert any(line.startswith("resnet20: training 2 epochs") for line in lines)
-    # One line per epoch, with the numbers of the run's own history and test curve.
-    curve = EpochTestScores.read(out / "plain20")
-    assert any(
-        line.startswith(f"plain20 epoch 2/2: train error {pct(1 - float(rows[1]['train_acc']))}%")
-        and f"test error {pct(1 - curve[2]['test_acc'])}%" in line
-        for line in lines
-    )
+    # The test curve went on from the checkpoint: one score per epoch, each logged once.
+    curve = TestCurve.read(out / "plain20")
+    for epoch in (1, 2):
+        line = f"epoch {epoch:>3}/2  test loss {curve[epoch]['test_loss']:.4f} error "
+        assert log.count(line + f"{pct(1 - curve[epoch]['test_accuracy'])}%") == 1
 
 
 def test_degradation_reuses_finished_runs(degradation_dir: dict, capsys) -> None:
     out = degradation_dir["out"]
     before = {name: fingerprint(out / name) for name in ("plain20", "resnet20")}
-    curve_before = (out / "plain20" / EpochTestScores.FILE).read_text()
+    curve_before = (out / "plain20" / TestCurve.FILE).read_text()
     code = main(["experiment", "degradation", "--depths", "20", "--epochs", "2", "--subset",
                  str(SUBSET), "--num-threads", "1", "--quiet", "-o", str(out)])  # fmt: skip
     assert code == 0
@@ -177,7 +178,7 @@ def test_degradation_reuses_finished_runs(degradation_dir: dict, capsys) -> None
     assert "plain20: finished run reused" in printed and "resnet20: finished run reused" in printed
     assert "epoch" not in printed.replace("--epochs", "")  # nothing trained or scored
     assert {name: fingerprint(out / name) for name in before} == before
-    assert (out / "plain20" / EpochTestScores.FILE).read_text() == curve_before
+    assert (out / "plain20" / TestCurve.FILE).read_text() == curve_before
     # Asked for another recipe, it refuses instead of mixing runs.
     code = main(["experiment", "degradation", "--depths", "20", "--epochs", "3", "--subset",
                  str(SUBSET), "--quiet", "-o", str(out)])  # fmt: skip
@@ -234,16 +235,18 @@ def test_zoo_table_measures_each_model(zoo_dir: dict) -> None:
         assert row["infer_images_per_s"] == speed["infer_images_per_s"] > 0
         assert row["train_images_per_s"] == speed["train_images_per_s"] > 0
         assert speed["key"]["threads"] == 1 and speed["key"]["infer_batch"] == 16
-        assert speed["key"]["train_batch"] == config["batch_size"] == 128
+        assert speed["key"]["train_batch"] == config["batch_size"]
         # Multiply-adds of the network the run trained, at the size it trained at (28 px).
         model = create_model(row["model"], num_classes=10, in_chans=1)
         assert row["image_size"] == 28 and row["macs"] == count_macs(model, (1, 28, 28))
         shown = next(r for r in rows if r[0] == row["model"])
         assert shown[1] == f"{metrics['params']:,}" and shown[6] == pct(metrics["test_top1"])
-        # The default recipe today: TrainConfig's own defaults.
-        assert (config["optimizer"], config["schedule"], config["val_split"]) == (
-            "adamw", "cosine", 0.1,
-        )  # fmt: skip
+        # Each model's default recipe (the trainer's table), for the asked number of epochs.
+        recipe = default_recipe(row["model"], "fashion_mnist")
+        for field in ("optimizer", "lr", "schedule", "augment", "label_smoothing", "ema_decay"):
+            assert config[field] == recipe[field], field
+        assert config["epochs"] == 1 and row["recipe"] == recipe_of(config)
+        assert shown[-1] == row["recipe"]
     assert record["rows"][0]["params"] == 61_706  # LeNet-5, 10 classes, grey
     assert record["provenance"]["command"].startswith(
         "cnnzoo experiment zoo-table --models lenet5 resnet20 --dataset fashion_mnist --epochs 1"

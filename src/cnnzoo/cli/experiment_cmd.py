@@ -139,14 +139,18 @@ def run_experiment(args: argparse.Namespace) -> int:
         resume=args.resume,
         num_threads=args.num_threads,
         quiet=args.quiet,
-        progress=not args.quiet and sys.stderr.isatty(),
     )
     try:
         if args.experiment == "degradation":
             run_degradation(args.output_dir, depths=args.depths, schedule=args.schedule, **options)
         else:
+            progress = not args.quiet and sys.stderr.isatty()
             run_zoo_table(
-                args.output_dir, models=args.models, infer_batch=args.infer_batch, **options
+                args.output_dir,
+                models=args.models,
+                infer_batch=args.infer_batch,
+                progress=progress,
+                **options,
             )
     except KeyboardInterrupt:
         # Finished epochs are saved in their sub-runs; say how to continue the whole experiment.

@@ -27,6 +27,7 @@ from cnnzoo.experiments.runs import (
     MEASURED_ON,
     Rates,
     SubRun,
+    TestCurve,
     check_dataset,
     check_positive,
     estimated_seconds,
@@ -102,12 +103,19 @@ def degradation_config(
         optimizer="sgd",
         lr=0.1,
         momentum=0.9,
+        nesterov=False,
         weight_decay=1e-4,
         # An empty milestone list would fall back to the trainer's own step size.
         schedule=schedule if steps or schedule == "cosine" else "none",
         milestones=steps or None,
         gamma=0.1,
+        warmup_epochs=0.0,
         augment="crop_flip",
+        random_erasing=0.0,
+        label_smoothing=0.0,
+        ema_decay=0.0,
+        # The paper evaluates with batch norm's running averages.
+        precise_bn=0,
         val_split=0.0,
         num_threads=num_threads,
         quiet=quiet,
@@ -129,6 +137,7 @@ def command(
 
 def _curve(run: SubRun, depth: int, residual: bool) -> dict[str, Any]:
     epochs = [int(row["epoch"]) for row in run.history]
+    tested = run.test_curve
     return {
         "model": run.name,
         "label": f"{'ResNet' if residual else 'plain'}-{depth}",
@@ -136,9 +145,7 @@ def _curve(run: SubRun, depth: int, residual: bool) -> dict[str, Any]:
         "residual": residual,
         "epochs": epochs,
         "train_error": [1 - row["train_acc"] for row in run.history],
-        "test_error": [
-            1 - run.test_curve[e]["test_acc"] if e in run.test_curve else math.nan for e in epochs
-        ],
+        "test_error": [1 - tested[e]["test_accuracy"] if e in tested else math.nan for e in epochs],
     }
 
 
@@ -223,7 +230,6 @@ def run_degradation(
     data_dir: str | Path | None = None,
     num_threads: int | None = None,
     quiet: bool = False,
-    progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train plain-N and ResNet-N for every depth into ``output_dir/plainN``, ``.../resnetN``
@@ -254,7 +260,7 @@ def run_degradation(
                 num_threads=num_threads,
                 quiet=quiet,
             )
-            run = train_subrun(config, resume=resume, score_test=True, progress=progress, log=log)
+            run = train_subrun(config, resume=resume, callbacks=[TestCurve()], log=log)
             runs.append((run, _curve(run, depth, residual)))
     recipe_config = runs[0][0].run_dir / "config.json"
     saved = json.loads(recipe_config.read_text())
@@ -266,7 +272,8 @@ def run_degradation(
             else f"{saved['schedule']} schedule"
         )
         + f", weight decay {saved['weight_decay']}, batch {saved['batch_size']}, "
-        f"augmentation {saved['augment']}, {saved['epochs']} epochs, seed {saved['seed']}"
+        f"augmentation {saved['augment']}, {saved['epochs']} epochs, seed {saved['seed']}; no "
+        "Nesterov, label smoothing, warmup or EMA; evaluated with batch norm's running averages"
     )
     record = {
         "experiment": NAME,

@@ -9,14 +9,13 @@ epoch that was running.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 import pickle
 import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,17 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from cnnzoo.data import DataBundle
 from cnnzoo.errors import UsageError
+from cnnzoo.rundir import RunDir
 from cnnzoo.train import TrainConfig, Trainer
+from cnnzoo.train.callbacks import Callback
 
 __all__ = [
     "DEFAULT_SUBSET",
     "MEASURED_ON",
     "SUBSET_DATASETS",
-    "EpochTestScores",
     "Rates",
     "SubRun",
+    "TestCurve",
     "check_dataset",
     "check_positive",
     "estimated_seconds",
@@ -60,6 +60,7 @@ NOT_RECIPE = frozenset(
         "num_workers",
         "device",
         "tensorboard",
+        "histogram_freq",
         "plots",
         "model_kwargs",  # the trainer records its input plan here (e.g. small_input=True)
     }
@@ -193,73 +194,64 @@ def subset_data_dir(
 # --------------------------------------------------------------------------- test curve
 
 
-class EpochTestScores:
-    """Test loss and error of a run after each of its epochs, kept in ``RUN/test_curve.json``.
+class TestCurve(Callback):
+    """Scores the test split after every epoch (Keras' ``on_epoch_end``): the test error curve of
+    He et al.'s figures. The scores go into ``RUN/test_curve.json`` and into the callback's state,
+    which the ``last`` checkpoint keeps, so a resumed run continues the curve where it stopped.
 
-    The one place where an experiment scores the test split during training. Today's trainer has
-    no per-epoch hook, so :func:`train_subrun` trains one epoch at a time and this scores the
-    ``last`` checkpoint each epoch leaves; with a callback API this becomes ``on_epoch_end``.
+    The network scored is the one the epoch saves (the EMA when there is one), through the same
+    loader settings as the run's final test, so the last epoch's score is its metrics.json's.
     """
 
+    __test__ = False  # not a pytest test class, whatever its name
+    main_process_only = True
     FILE = "test_curve.json"
 
-    def __init__(self, run_dir: Path, *, progress: bool = False) -> None:
-        self.run_dir = run_dir
-        self.progress = progress
-        self._data: DataBundle | None = None  # the run's dataset, loaded once
+    def __init__(self, log: bool = True) -> None:
+        super().__init__()
+        self.log = log
+        self.scores: dict[int, dict[str, float]] = {}
+        self._loader: Any = None
 
     @classmethod
-    def read(cls, run_dir: Path) -> dict[int, dict[str, float]]:
-        """Epoch (1-based) -> {"test_loss", "test_acc"} for every scored epoch."""
-        path = run_dir / cls.FILE
+    def read(cls, run_dir: str | Path) -> dict[int, dict[str, float]]:
+        """Epoch (1-based) -> {"test_loss", "test_accuracy"} for every scored epoch of a run."""
+        path = Path(run_dir) / cls.FILE
         if not path.is_file():
             return {}
         return {int(epoch): row for epoch, row in json.loads(path.read_text()).items()}
 
-    def score_last(self) -> tuple[int, dict[str, float]] | None:
-        """Score the run's last checkpoint unless its epoch is scored already; (epoch, scores)."""
-        from cnnzoo.train.checkpoint import checkpoint_exists, load_checkpoint
-
-        if not checkpoint_exists(self.run_dir, "last"):
-            return None
-        epoch = load_checkpoint(self.run_dir, "last").epoch
-        scores = self.read(self.run_dir)
-        if epoch in scores:
-            return None
-        scores[epoch] = self._evaluate()
-        text = json.dumps({str(k): scores[k] for k in sorted(scores)}, indent=2) + "\n"
-        temporary = self.run_dir / f".{self.FILE}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, self.run_dir / self.FILE)
-        return epoch, scores[epoch]
-
-    def _evaluate(self) -> dict[str, float]:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         from cnnzoo.analysis.metrics import evaluate_model
-        from cnnzoo.data import load_dataset, make_loader
-        from cnnzoo.inference import load_model
+        from cnnzoo.data import make_loader
+        from cnnzoo.train.checkpoint import atomic_write_bytes
 
-        loaded = load_model(self.run_dir / "last.safetensors")
-        if self._data is None:
-            config = loaded.config
-            self._data = load_dataset(
-                str(config["dataset"]),
-                data_dir=config.get("data_dir"),
-                val_split=float(config.get("val_split", 0.1)),
-                seed=int(config.get("seed", 0)),
+        trainer = self.trainer
+        assert trainer is not None
+        bundle = trainer.bundle
+        if self._loader is None:
+            self._loader = make_loader(
+                bundle, "test", batch_size=trainer.config.batch_size, **trainer.loader_options
             )
-        bundle = self._data
-        side = loaded.input_size[0]
-        loader = make_loader(
-            bundle,
-            "test",
-            batch_size=256,
-            image_size=side if (side, side) != tuple(bundle.image_size) else None,
-            mean=loaded.mean,
-            std=loaded.std,
-            channels=loaded.channels,
-        )
-        result = evaluate_model(loaded.model, loader, loaded.num_classes, progress=self.progress)
-        return {"test_loss": float(result.loss), "test_acc": float(result.top1)}
+        with trainer.autocast():
+            result = evaluate_model(
+                trainer.eval_model, self._loader, bundle.num_classes,
+                progress=not trainer.config.quiet and sys.stderr.isatty(),
+            )  # fmt: skip
+        self.scores[epoch + 1] = {"test_loss": result.loss, "test_accuracy": result.top1}
+        text = json.dumps({str(k): v for k, v in sorted(self.scores.items())}, indent=2)
+        atomic_write_bytes(trainer.run.path / self.FILE, (text + "\n").encode())
+        if self.log:
+            trainer.log(
+                f"epoch {epoch + 1:>3}/{trainer.epochs}  test loss {result.loss:.4f} error "
+                f"{100 * (1 - result.top1):.2f}%"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": {str(k): v for k, v in self.scores.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores = {int(k): dict(v) for k, v in state.get("scores", {}).items()}
 
 
 # --------------------------------------------------------------------------- sub-runs
@@ -283,19 +275,13 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in rows]
 
 
-def _saved_epoch(run_dir: Path) -> int:
-    from cnnzoo.train.checkpoint import checkpoint_exists, load_checkpoint
-
-    return load_checkpoint(run_dir, "last").epoch if checkpoint_exists(run_dir, "last") else 0
-
-
-def _check_recipe(run_dir: Path, wanted: TrainConfig) -> None:
-    saved = json.loads((run_dir / "config.json").read_text())
+def _check_recipe(run: RunDir, wanted: TrainConfig) -> None:
+    saved = json.loads(run.config_path.read_text())
     asked = wanted.resolved().to_dict()
     for key in sorted(set(asked) - NOT_RECIPE):
         if saved.get(key) != asked[key]:
             raise UsageError(
-                f"{run_dir} was trained with another recipe ({key}: {saved.get(key)!r} there, "
+                f"{run} was trained with another recipe ({key}: {saved.get(key)!r} there, "
                 f"{asked[key]!r} now); give the same options or another output directory"
             )
 
@@ -304,58 +290,39 @@ def train_subrun(
     config: TrainConfig,
     *,
     resume: bool,
-    score_test: bool = False,
-    progress: bool = False,
+    callbacks: Sequence[Callback] = (),
     log: Callable[[str], None] = print,
 ) -> SubRun:
-    """Train ``config`` into ``config.output_dir`` to the end, or reuse it there when finished.
+    """Train ``config`` into ``config.output_dir`` to the end (with ``callbacks``, which must be
+    the same ones whenever the run is continued), or reuse it there when it is finished.
 
-    ``score_test`` scores the test split after every epoch (see :class:`EpochTestScores`); the
-    run then trains one epoch per :class:`Trainer` call, whose own lines go to its train.log only,
-    and ``log`` receives one line per epoch instead.
+    A run there with another recipe is a UsageError; an unfinished one is continued (the
+    trainer's resume) only with ``resume``.
     """
-    run_dir = Path(str(config.output_dir))
-    name = run_dir.name
-    started = (run_dir / "config.json").is_file()
-    if started:
-        _check_recipe(run_dir, config)
-        before = _saved_epoch(run_dir)
-        if not (run_dir / "metrics.json").is_file():
+    run = RunDir(str(config.output_dir))
+    name = run.path.name
+    if run.holds_run():
+        _check_recipe(run, config)
+        if run.read_metrics() is None:
+            epoch = run.load_checkpoint("last").epoch if run.has_checkpoint("last") else 0
             if not resume:
                 raise UsageError(
-                    f"{run_dir} holds an unfinished run (epoch {before} of {config.epochs}); "
+                    f"{run} holds an unfinished run (epoch {epoch} of {config.epochs}); "
                     "continue it with --resume"
                 )
-            log(f"{name}: resuming after epoch {before} of {config.epochs} ({run_dir})")
+            log(f"{name}: resuming after epoch {epoch} of {config.epochs} ({run})")
+            Trainer(_resume_config(config), callbacks=list(callbacks)).fit()
         else:
-            log(f"{name}: finished run reused ({run_dir})")
+            log(f"{name}: finished run reused ({run})")
     else:
-        log(f"{name}: training {config.epochs} epochs -> {run_dir}")
-    scorer = EpochTestScores(run_dir, progress=progress) if score_test else None
-    while True:
-        if scorer is not None and (scored := scorer.score_last()) is not None:
-            epoch, scores = scored
-            row = read_history(run_dir)[epoch - 1]
-            log(
-                f"{name} epoch {epoch}/{config.epochs}: train error "
-                f"{100 * (1 - row['train_acc']):.2f}%, test error "
-                f"{100 * (1 - scores['test_acc']):.2f}% ({row['seconds']:.0f} s)"
-            )
-        if (run_dir / "metrics.json").is_file():
-            break
-        trainer = Trainer(_resume_config(config) if started else config)
-        if scorer is None:
-            trainer.fit()
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):  # repeated start lines: train.log only
-                trainer.fit(stop_after=1)
-        started = True
+        log(f"{name}: training {config.epochs} epochs -> {run}")
+        Trainer(config, callbacks=list(callbacks)).fit()
     return SubRun(
         name=name,
-        run_dir=run_dir,
-        metrics=json.loads((run_dir / "metrics.json").read_text()),
-        history=read_history(run_dir),
-        test_curve=EpochTestScores.read(run_dir),
+        run_dir=run.path,
+        metrics=run.read_metrics() or {},
+        history=read_history(run.path),
+        test_curve=TestCurve.read(run.path),
     )
 
 

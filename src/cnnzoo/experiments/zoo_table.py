@@ -39,7 +39,7 @@ from cnnzoo.train import TrainConfig
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_MODELS",
-    "default_recipe",
+    "recipe_of",
     "measure_speed",
     "run_zoo_table",
     "zoo_config",
@@ -84,12 +84,6 @@ RATES: dict[str, Rates] = {
 }
 
 
-def default_recipe(model: str, dataset: str) -> dict[str, Any]:
-    """TrainConfig fields of ``model``'s default recipe on ``dataset``: today TrainConfig's own
-    defaults for every model (no field overridden)."""
-    return {}
-
-
 def zoo_config(
     model: str,
     *,
@@ -100,18 +94,27 @@ def zoo_config(
     num_threads: int | None = None,
     quiet: bool = False,
 ) -> TrainConfig:
+    """``model``'s default recipe on ``dataset`` (every field the trainer's defaults table
+    decides left to it: cnnzoo.train.defaults), for ``epochs`` epochs."""
     return TrainConfig(
-        **{
-            **default_recipe(model, dataset),
-            "model": model,
-            "dataset": dataset,
-            "epochs": epochs,
-            "output_dir": str(output_dir),
-            "data_dir": str(data_dir) if data_dir is not None else None,
-            "num_threads": num_threads,
-            "quiet": quiet,
-        }
+        model=model,
+        dataset=dataset,
+        epochs=epochs,
+        output_dir=str(output_dir),
+        data_dir=str(data_dir) if data_dir is not None else None,
+        num_threads=num_threads,
+        quiet=quiet,
     )
+
+
+def recipe_of(config: dict[str, Any]) -> str:
+    """A run's recipe in a few words, from its config.json."""
+    words = f"{config['optimizer']} lr {config['lr']:g}, {config['schedule']}"
+    if config.get("label_smoothing"):
+        words += f", label smoothing {config['label_smoothing']:g}"
+    if config.get("ema_decay"):
+        words += f", EMA {config['ema_decay']:g}"
+    return words + f", {config['augment']}, batch {config['batch_size']}"
 
 
 def _images_per_s(step: Callable[[], Any], batch: int) -> float:
@@ -134,8 +137,8 @@ def measure_speed(
     weights are trained further here) at the run's input size, on random batches, with
     ``threads`` torch threads; kept in ``RUN/speed.json`` and reused while the machine, torch,
     threads and batch sizes stay the same."""
-    from cnnzoo.analysis.predict import input_size_of
     from cnnzoo.machine import cpu_model
+    from cnnzoo.rundir import input_size_of
 
     run_dir = Path(run_dir)
     height, width = input_size_of(model, config)  # type: ignore[arg-type]
@@ -219,12 +222,13 @@ def _markdown(record: dict[str, Any]) -> str:
             f"{100 * row['test_top1']:.2f}",
             row["epochs"],
             f"{row['train_seconds']:.1f}",
+            row["recipe"],
         ]
         for row in sorted(record["rows"], key=lambda r: -r["test_top1"])
     ]
     headers = [
         "model", "params", "MMACs", "px", "inference img/s", "training img/s", "test acc %",
-        "epochs", "training s",
+        "epochs", "training s", "recipe",
     ]  # fmt: skip
     options = record["options"]
     data = options["dataset"] + (
@@ -241,8 +245,9 @@ def _markdown(record: dict[str, Any]) -> str:
             "",
             *provenance_lines(record["provenance"]),
             "",
-            f"Data: {data}. Each model trains with its default recipe ({options['recipe']}) "
-            f"for {options['epochs']} epoch(s); test accuracy is its run's metrics.json.",
+            f"Data: {data}. Each model trains with its default recipe (cnnzoo's defaults table "
+            f"for its family and this dataset) for {options['epochs']} epoch(s); test accuracy "
+            "is its run's metrics.json.",
             "",
             markdown_table(headers, rows),
             f"Speeds: random batches at the run's input size, torch threads: {speed['threads']}, "
@@ -277,9 +282,9 @@ def run_zoo_table(
     ones with ``resume``), measure its speed, and write ``zoo_table.md``, ``zoo_table.png`` and
     ``zoo_table.json`` there; the record."""
     from cnnzoo.analysis.flops import count_macs
-    from cnnzoo.analysis.predict import input_size_of, load_run
     from cnnzoo.machine import usable_cores
     from cnnzoo.registry import list_models, unknown_model_message
+    from cnnzoo.rundir import input_size_of, load_run
     from cnnzoo.train.progress import each_with_bar
 
     check_positive("epochs", epochs)
@@ -338,6 +343,7 @@ def run_zoo_table(
                 "infer_images_per_s": speed["infer_images_per_s"],
                 "train_images_per_s": speed["train_images_per_s"],
                 "test_top1": float(run.metrics["test_top1"]),
+                "recipe": recipe_of(config),
                 "epochs": int(run.metrics["epochs_run"]),
                 "train_seconds": float(run.metrics["train_seconds"]),
                 "run_dir": str(run.run_dir),
@@ -348,7 +354,6 @@ def run_zoo_table(
             f"{rows[-1]['infer_images_per_s']:,.0f} img/s inference, "
             f"{rows[-1]['train_images_per_s']:,.0f} img/s training"
         )
-    recipe = default_recipe(models[0], dataset)
     record = {
         "experiment": NAME,
         "reproduces": REPRODUCES,
@@ -360,7 +365,6 @@ def run_zoo_table(
             "dataset": dataset,
             "epochs": epochs,
             "subset": subset,
-            "recipe": ", ".join(f"{k}={v}" for k, v in recipe.items()) or "TrainConfig defaults",
         },
         "speed": {
             "threads": threads,
