@@ -131,7 +131,7 @@ def test_degradation_records_its_command_machine_and_recipe(degradation_dir: dic
     trace = record["provenance"]
     assert trace["command"] == (
         "cnnzoo experiment degradation --dataset fashion_mnist --epochs 2 --depths 20 "
-        f"--subset {SUBSET} -o {out}"
+        f"--subset {SUBSET} --num-threads 1 -o {out}"
     )
     assert trace["machine"]["torch"] == torch.__version__ and trace["machine"]["torch_threads"] == 1
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", trace["date"])

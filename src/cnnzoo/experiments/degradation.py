@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cnnzoo.errors import UsageError
 from cnnzoo.experiments.registry import Experiment, register_experiment
 from cnnzoo.experiments.runs import (
@@ -124,7 +122,7 @@ def degradation_config(
 
 def command(
     output_dir: Path, dataset: str, epochs: int, depths: Sequence[int], subset: int | None,
-    schedule: str,
+    schedule: str, num_threads: int | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line that regenerates these results."""
     words = ["cnnzoo", "experiment", NAME, "--dataset", dataset, "--epochs", str(epochs)]
@@ -132,6 +130,8 @@ def command(
     words += ["--subset", str(subset) if subset is not None else "all"]
     if schedule != "step":
         words += ["--schedule", schedule]
+    if num_threads is not None:
+        words += ["--num-threads", str(num_threads)]
     return [*words, "-o", str(output_dir)]
 
 
@@ -279,8 +279,8 @@ def run_degradation(
         "experiment": NAME,
         "reproduces": f"{PAPER}, Fig. 1 and Fig. 6",
         "provenance": provenance(
-            command(output_dir, dataset, epochs, depths, subset, schedule),
-            threads=num_threads or torch.get_num_threads(),
+            command(output_dir, dataset, epochs, depths, subset, schedule, num_threads),
+            threads=num_threads,
         ),
         "options": {
             "dataset": dataset,

@@ -339,14 +339,18 @@ def _resume_config(config: TrainConfig) -> TrainConfig:
 # --------------------------------------------------------------------------- records
 
 
-def provenance(command: Sequence[str], *, threads: int, measure: bool = False) -> dict[str, Any]:
+def provenance(
+    command: Sequence[str], *, threads: int | None, measure: bool = False
+) -> dict[str, Any]:
     """What a result file records so that it can be traced: the command that regenerates it,
-    the machine (cnnzoo.machine), torch's threads, cnnzoo's version and the date."""
+    the machine (cnnzoo.machine), the training threads (None: the trainer's default, the cores
+    other processes leave free, which each run's train.log states), cnnzoo's version and the
+    date."""
     import cnnzoo
     from cnnzoo.machine import machine_info
 
     machine = machine_info(measure=measure)
-    machine["torch_threads"] = threads
+    machine["torch_threads"] = threads if threads is not None else "default"
     return {
         "command": shlex.join(command),
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),

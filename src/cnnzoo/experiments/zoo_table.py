@@ -201,11 +201,18 @@ def measure_speed(
 
 
 def command(
-    output_dir: Path, models: Sequence[str], dataset: str, epochs: int, subset: int | None
+    output_dir: Path,
+    models: Sequence[str],
+    dataset: str,
+    epochs: int,
+    subset: int | None,
+    num_threads: int | None = None,
 ) -> list[str]:
     words = ["cnnzoo", "experiment", NAME, "--models", *models, "--dataset", dataset]
     words += ["--epochs", str(epochs)]
     words += ["--subset", str(subset) if subset is not None else "all"]
+    if num_threads is not None:
+        words += ["--num-threads", str(num_threads)]
     return [*words, "-o", str(output_dir)]
 
 
@@ -358,7 +365,9 @@ def run_zoo_table(
         "experiment": NAME,
         "reproduces": REPRODUCES,
         "provenance": provenance(
-            command(output_dir, models, dataset, epochs, subset), threads=threads, measure=True
+            command(output_dir, models, dataset, epochs, subset, num_threads),
+            threads=num_threads,
+            measure=True,
         ),
         "options": {
             "models": models,
