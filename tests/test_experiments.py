@@ -248,6 +248,8 @@ def test_zoo_table_measures_each_model(zoo_dir: dict) -> None:
         assert config["epochs"] == 1 and row["recipe"] == recipe_of(config)
         assert shown[-1] == row["recipe"]
     assert record["rows"][0]["params"] == 61_706  # LeNet-5, 10 classes, grey
+    assert record["speed"] == {"threads": 1, "infer_batch": 16, "train_batch": [128]}
+    assert "training batch 128 (each recipe's" in (out / "zoo_table.md").read_text()
     assert record["provenance"]["command"].startswith(
         "cnnzoo experiment zoo-table --models lenet5 resnet20 --dataset fashion_mnist --epochs 1"
     )

@@ -372,9 +372,12 @@ def provenance_lines(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; numbers right-aligned (the first column stays left)."""
-    align = ["---"] + ["---:"] * (len(headers) - 1)
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: Sequence[int] = (0,)
+) -> str:
+    """A GitHub markdown table: the columns numbered in ``left`` left-aligned (words), the others
+    right-aligned (numbers)."""
+    align = ["---" if i in left else "---:" for i in range(len(headers))]
     lines = [
         "| " + " | ".join(headers) + " |",
         "| " + " | ".join(align) + " |",

@@ -256,10 +256,11 @@ def _markdown(record: dict[str, Any]) -> str:
             f"for its family and this dataset) for {options['epochs']} epoch(s); test accuracy "
             "is its run's metrics.json.",
             "",
-            markdown_table(headers, rows),
+            markdown_table(headers, rows, left=(0, len(headers) - 1)),
             f"Speeds: random batches at the run's input size, torch threads: {speed['threads']}, "
             f"inference batch {speed['infer_batch']} (eval mode, inference_mode), training batch "
-            f"{speed['train_batch']} (forward, backward, SGD step); median of a timed loop after "
+            f"{'/'.join(map(str, speed['train_batch']))} (each recipe's; forward, backward, SGD "
+            "step); median of a timed loop after "
             "a 2-call warm-up. Multiply-adds are per image at that input size (torch's flop "
             "counter). Training seconds sum the run's epochs (data loading and augmentation "
             "included).",
@@ -353,6 +354,7 @@ def run_zoo_table(
                 "recipe": recipe_of(config),
                 "epochs": int(run.metrics["epochs_run"]),
                 "train_seconds": float(run.metrics["train_seconds"]),
+                "train_batch": int(config["batch_size"]),
                 "run_dir": str(run.run_dir),
             }
         )
@@ -378,7 +380,7 @@ def run_zoo_table(
         "speed": {
             "threads": threads,
             "infer_batch": infer_batch,
-            "train_batch": configs[0].batch_size,
+            "train_batch": sorted({row["train_batch"] for row in rows}),
         },
         "rows": rows,
     }
