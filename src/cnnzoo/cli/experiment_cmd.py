@@ -124,12 +124,14 @@ def register(subparsers: Any) -> None:
 
 def run_experiment(args: argparse.Namespace) -> int:
     from cnnzoo.experiments import list_experiments, run_degradation, run_zoo_table
+    from cnnzoo.experiments.runs import CALIBRATION
 
     if args.experiment == "list":
         for experiment in list_experiments():
             print(f"{experiment.name}: {experiment.title}")
             print(f"  reproduces: {experiment.reproduces}")
             print(f"  time here:  {experiment.duration()}")
+        print(f"note: {CALIBRATION}")
         return 0
     options: dict[str, Any] = dict(
         dataset=args.dataset,
