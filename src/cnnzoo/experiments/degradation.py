@@ -269,6 +269,8 @@ def run_degradation(
         + (
             f"divided by 10 after epochs {', '.join(map(str, saved['milestones']))}"
             if saved["schedule"] == "step"
+            else "constant (one epoch: nothing to divide)"
+            if saved["schedule"] == "none"
             else f"{saved['schedule']} schedule"
         )
         + f", weight decay {saved['weight_decay']}, batch {saved['batch_size']}, "
