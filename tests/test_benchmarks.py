@@ -105,3 +105,34 @@ def test_every_time_to_accuracy_recipe_is_a_valid_run() -> None:
             model = create_model(config.model, num_classes=10, in_chans=1, **config.model_kwargs)
             assert model(torch.empty(2, 1, 28, 28)).shape == (2, 10), name
         assert 0.9 <= entry["target"] < 1
+
+
+def test_families_benchmark_trains_each_model_with_its_defaults(tmp_path) -> None:
+    out = tmp_path / "families.json"
+    done = run_script("families.py", "--models", "lenet5,resnet20", "--epochs", "1",
+                      "--out", str(out))  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["model"] for row in rows] == ["lenet5", "resnet20"]
+    assert rows[1]["recipe"]["optimizer"] == "sgd"  # the CIFAR ResNets' row of the table
+    assert all(row["val_acc"] > 0.3 for row in rows) and "every family learns" in done.stdout
+
+
+def test_defaults_benchmark_times_a_cli_run(tmp_path) -> None:
+    out = tmp_path / "defaults.json"
+    done = run_script("defaults.py", "--only", "lenet5 digits 5 epochs", "--out", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["epochs"] == 5 and row["test_top1"] >= 0.95 and row["wall_seconds"] > 0
+    assert "cnnzoo train --model lenet5 --dataset digits --epochs 5" in done.stdout
+    assert "met" in done.stdout
+
+
+def test_threads_benchmark_measures_each_variant_under_load(tmp_path) -> None:
+    out = tmp_path / "threads.json"
+    run_script("threads.py", "--steps", "3", "--turns", "1", "--spinners", "1", "--settle", "0",
+               "--dataset", "digits", "--out", str(out))  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"as is", "loaded"}
+    for variants in results.values():
+        assert set(variants) == {"1 thread", f"{os.cpu_count()} threads", "default"}
+        assert all(v["images_per_s"] > 0 for v in variants.values())
+    assert results["loaded"]["1 thread"]["threads_chosen"] == [1]

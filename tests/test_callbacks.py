@@ -218,7 +218,7 @@ def test_resumed_early_stopping_continues_its_count(tmp_path: Path) -> None:
     split = tmp_path / "split"
     Trainer(TrainConfig(**cfg, output_dir=str(split)), callbacks=[Recorder()]).fit(stop_after=2)
     state = load_checkpoint(split, "last").state["callbacks"]
-    assert state["1:EarlyStopping"]["wait"] == 1 and state["4:Recorder"] == {"epochs_seen": 2}
+    assert state["EarlyStopping"]["wait"] == 1 and state["Recorder"] == {"epochs_seen": 2}
     recorder = Recorder()
     resumed = Trainer(TrainConfig(resume=str(split)), callbacks=[recorder]).fit()
     assert resumed.epoch == [0, 1, 2, 3] and resumed.metrics["stopped_early"]

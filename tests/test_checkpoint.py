@@ -109,6 +109,12 @@ def test_crash_while_writing_temp_files_leaves_only_ignored_junk(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; a user's
+    # `cnnzoo train` in a terminal has the default disposition, which the test needs.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [*CLI, "train", *args],
@@ -116,6 +122,7 @@ def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from cnnzoo.analysis import zoo_table
 from cnnzoo.cli.main import main
-from cnnzoo.cli.models_cmd import parse_input_size
+from cnnzoo.cli.options import parse_input_size
 from cnnzoo.errors import UsageError
 from cnnzoo.reference import Figure, Reference
 

@@ -302,7 +302,7 @@ def test_models_and_verify_treat_a_pattern_matching_nothing_alike(capsys) -> Non
     for code, err in results:
         assert code == 2 and err.count("\n") == 1 and "no model matches" in err, err
     code, err = _cli(["verify", "lenet5", "--input-size", "-3"], capsys)
-    assert code == 2 and "image side >= 1" in err
+    assert code == 2 and "expected a positive integer" in err
 
 
 def test_models_cache_key_follows_the_models_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,3 +317,46 @@ def test_models_cache_key_follows_the_models_own_file(monkeypatch: pytest.Monkey
     monkeypatch.setattr(zoo_table, "_file_digest", edited)
     assert zoo_table.figures_key("lenet5") != before["lenet5"]
     assert zoo_table.figures_key("resnet20") == before["resnet20"]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--num-threads", "100000"], "num-threads must be at most"),
+        (["--dataset", "imagefolder:"], "imagefolder: needs the folder"),
+        (["--data-dir", "/etc/hostname"], "is not a directory"),
+        (["--schedule", "step", "--epochs", "10000000"], "epochs must be at most 100,000"),
+        (["--min-lr-ratio", "-5"], "min-lr-ratio must be in [0, 1]"),
+        (["--mixup", "inf"], "mixup must be >= 0"),
+        (["--warmup-epochs", "inf"], "warmup-epochs must be >= 0"),
+        (["--num-workers", "-1"], "num-workers must be >= 0"),
+    ],
+)
+def test_nonsense_training_values_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys, argv: list[str], fragment: str
+) -> None:
+    run = tmp_path / "run"
+    base = ["train", "--model", "lenet5", "--dataset", "digits", "-o", str(run)]
+    code, err = _cli([*base, *argv], capsys)
+    assert code == 2 and fragment in err and err.count("\n") == 1, err
+    assert not run.exists()
+
+
+def test_resume_into_another_folder_and_repeated_compare_models_are_refused(
+    tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    common = ["--quiet", "--no-tensorboard", "--no-plots", "--num-threads", "1"]
+    assert _cli(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1",
+                 "-o", str(run), *common], capsys)[0] == 0  # fmt: skip
+    before = (run / "last.state.pt").read_bytes()
+    code, err = _cli(["train", "--resume", str(run), "-o", str(tmp_path / "other"),
+                      "--epochs", "2"], capsys)  # fmt: skip
+    assert code == 2 and "continues that run in its own folder" in err
+    assert (run / "last.state.pt").read_bytes() == before
+    assert not (tmp_path / "other").exists()
+    out = tmp_path / "cmp"
+    code, err = _cli(["compare", "lenet5", "resnet20", "lenet5", "--dataset", "digits",
+                      "-o", str(out)], capsys)  # fmt: skip
+    assert code == 2 and "lenet5 named more than once" in err
+    assert not out.exists() or not any(out.iterdir())

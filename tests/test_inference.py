@@ -258,3 +258,27 @@ def test_fine_tuning_from_a_weight_name(cached_resnet18: Path, no_network, tv_st
     for key in ("conv1.weight", "layer4.1.conv2.weight", "layer1.0.bn1.running_mean"):
         assert torch.equal(state[key], tv_state[key]), key
     assert state["fc.weight"].shape == (2, 512)
+
+
+def test_predict_cam_overlays_grad_cam_on_the_plots(cached_resnet18: Path, capsys, tmp_path):
+    loaded = load_model("resnet18", "IMAGENET1K_V1")
+    with_cam = predict_images(loaded, PHOTOS, cam=True)
+    for prediction in with_cam:
+        assert prediction.cam.shape == (224, 224)
+        assert float(prediction.cam.min()) >= 0.0 and float(prediction.cam.max()) == 1.0
+    from cnnzoo.analysis.explain import gradcam_maps
+
+    batch = loaded.prepare([read_image(p) for p in PHOTOS])
+    expected = gradcam_maps(loaded.model, batch, [p.indices[0] for p in with_cam])
+    torch.testing.assert_close(torch.stack([p.cam for p in with_cam]), expected)
+
+    plain, overlaid = tmp_path / "plain", tmp_path / "cam"
+    assert _cli(capsys, "predict", "resnet18", "--weights", "imagenet", *PHOTOS, "--plot",
+                plain)[0] == 0  # fmt: skip
+    code, _, err = _cli(capsys, "predict", "resnet18", "--weights", "imagenet", *PHOTOS,
+                        "--plot", overlaid, "--cam")  # fmt: skip
+    assert code == 0, err
+    for name in ("predictions.png", f"0000_{PHOTOS[0].stem}_top5.png"):
+        assert (overlaid / name).read_bytes() != (plain / name).read_bytes()
+    code, _, err = _cli(capsys, "predict", "resnet18", "--weights", "imagenet", PHOTOS[0], "--cam")
+    assert code == 2 and "--plot" in err

@@ -112,6 +112,10 @@ def test_fit_trains_a_module_in_place_from_a_dataset_or_a_loader(tmp_path, digit
     other = cnnzoo.fit("lenet5", loader, epochs=1, batch_size=32, output_dir=str(tmp_path / "b"),
                        **FAST)  # fmt: skip
     assert "val_loss" not in other.history and len(other.history["loss"]) == 1
+    # validation_data is the validation split, and early stopping (a config field) watches it.
+    third = cnnzoo.fit("lenet5", x, y, validation_data=(digits["x_test"], digits["y_test"]),
+                       epochs=2, patience=1, output_dir=str(tmp_path / "c"), **FAST)  # fmt: skip
+    assert len(third.history["val_accuracy"]) == 2
 
 
 def test_fit_reads_a_dataset_of_pil_images(tmp_path: Path) -> None:
@@ -157,3 +161,26 @@ def test_arrays_from_the_idx_files_train_exactly_as_cnnzoo_train(tmp_path, fashi
     accuracy = cnnzoo.evaluate(history.model, x_test, y_test)["accuracy"]
     assert accuracy == pytest.approx(cli["test_top1"], abs=1e-12)
     assert accuracy > 0.8  # one epoch: measured 0.86
+
+
+def test_the_notes_keras_script_runs_with_cnnzoo(tmp_path: Path, fashion_dir) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    example = root / "examples" / "lenet5_mnist.py"
+    # The cnnzoo under test, wherever the script runs from.
+    path = os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(example), "fashion_mnist", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = float(done.stdout.split("Test Accuracy:")[1])
+    assert 0.5 < accuracy < 1  # one epoch of plain SGD: measured 0.73
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    (run,) = (tmp_path / "runs").iterdir()  # the user's TensorBoard replaced the run's
+    assert not list(run.glob("events.out.tfevents.*")) and (run / "best.safetensors").is_file()
+    skipped = ("#", '"""', "python")
+    keras_lines = [line for line in example.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith(skipped)]  # fmt: skip
+    assert len(keras_lines) <= 25  # the Keras original: 36 lines of code with its model class

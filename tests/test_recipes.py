@@ -145,6 +145,9 @@ def test_unknown_recipe_names_and_keras_monitor_names(tmp_path, capsys) -> None:
     assert code == 0, err
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["monitor"] == "val_accuracy"
+    parser = build_parser()
+    args = parser.parse_args(["train", "--model", "lenet5", "--monitor", "val_acc"])  # 0.1's name
+    assert args.monitor == "val_accuracy"
 
 
 def test_split_flag_and_folder_hints(tmp_path, capsys) -> None:

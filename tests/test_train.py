@@ -216,6 +216,12 @@ def test_resnets_get_the_small_input_stem_for_small_images() -> None:
     # Weights made for the ImageNet stem keep it.
     assert plan_input("resnet18", 10, 1, (28, 28), {}, small_input=False)[0] == {}
     assert plan_input("resnet18", 10, 3, (224, 224), {})[0] == {}
+    # Without a stated minimum, a stride-32 network gets 64 px: its last map keeps 2x2.
+    assert plan_input("mobilenet_v2", 10, 1, (28, 28), {})[1] == 64
+    assert plan_input("mobilenet_v2", 10, 3, (96, 96), {})[1] is None
+    assert plan_input("resnet20", 10, 1, (8, 8), {})[1] is None  # stride 4: 2x2 already
+    kwargs, size, note = plan_input("inception_v3", 10, 1, (28, 28), {})
+    assert kwargs == {"aux_logits": False} and size == 96 and "auxiliary" in note
 
 
 def test_overwrite_removes_only_what_cnnzoo_wrote(tmp_path: Path, capsys) -> None:
@@ -298,15 +304,21 @@ def test_fit_restores_the_callers_torch_settings(tmp_path: Path) -> None:
 def test_default_threads_leave_busy_cores_alone(monkeypatch) -> None:
     import os
 
+    from cnnzoo.train import hardware
     from cnnzoo.train.hardware import default_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(hardware, "_own_load", lambda: 0.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert default_threads() == 8 and default_threads(processes_here=2) == 4
     monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
     assert default_threads() == 2
     monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
     assert default_threads() == 1
+    # The load this process made itself (an earlier fit in the same session) does not count.
+    monkeypatch.setattr(hardware, "_own_load", lambda: 4.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    assert default_threads() == 6
 
 
 def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:
@@ -330,3 +342,42 @@ def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:
             val_split=0.0, epochs=2, batch_size=4, num_workers=0,
             output_dir=str(tmp_path / "r"), **FAST)  # fmt: skip
     assert sum(issubclass(w.category, DataWarning) for w in caught) == 2
+
+
+def test_every_epoch_takes_len_loader_steps_even_when_a_batch_is_dropped(tmp_path: Path) -> None:
+    """An image-folder loader drops a batch whose every image is unreadable; under DDP a rank
+    that took fewer steps would leave the others waiting, so the last batch is repeated."""
+    trainer = Trainer(TrainConfig(**DIGITS, epochs=1, output_dir=str(tmp_path / "r")))
+    trainer.setup()
+    loader = trainer.train_loader
+    full = type(loader).__iter__
+
+    class DropsOne(type(loader)):  # type: ignore[misc]
+        def __iter__(self):
+            for index, batch in enumerate(full(self)):
+                if index != 3:
+                    yield batch
+
+    loader.__class__ = DropsOne
+    stats = trainer.train_one_epoch(0)
+    assert trainer.schedule.step_count == len(loader)
+    assert stats["train_loss"] > 0
+    trainer.close()
+
+
+def test_precise_bn_recomputes_statistics_without_drawing_random_numbers() -> None:
+    from cnnzoo.train.batchnorm import recompute_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten())
+    batches = [(torch.randn(8, 1, 6, 6) * 3 + 5, None) for _ in range(5)]
+    features = torch.cat([model[0](x) for x, _ in batches]).detach()
+    before = torch.get_rng_state()
+    used = recompute_statistics(model.train(), batches, limit=4)
+    bn = model[1]
+    assert used == 4 and bn.momentum == 0.1 and model.training and bn.training
+    # The mean of the first 4 batches' means (equal batch sizes), not a trailing average.
+    expected = features[:32].mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert torch.equal(torch.get_rng_state(), before)  # dropout stayed off
+    assert recompute_statistics(nn.Linear(2, 2), batches, limit=4) == 0  # no batch norm

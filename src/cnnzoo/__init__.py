@@ -1,6 +1,7 @@
 """cnnzoo: classic image-classification CNNs, faithful to their papers and verified."""
 
 from cnnzoo.analysis.flops import count_macs
+from cnnzoo.analysis.receptive_field import receptive_field
 from cnnzoo.analysis.summary import summary
 from cnnzoo.optimize import optimize
 from cnnzoo.pretrained import get_weight_spec, list_weights
@@ -27,6 +28,7 @@ __all__ = [
     "model_info",
     "optimize",
     "predict",
+    "receptive_field",
     "save_weights",
     "summary",
 ]

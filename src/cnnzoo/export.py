@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError, UsageError
 
-__all__ = ["FORMATS", "ExportResult", "export_model", "missing_onnx_packages", "parse_input_size"]
+__all__ = ["FORMATS", "ExportResult", "export_model", "missing_onnx_packages"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 DEFAULT_TOLERANCE = 1e-4  # float32: max |file - eager| / max |eager|
@@ -51,19 +51,6 @@ class ExportResult:
             f"{head}; reloaded with {self.checked_with}: max |exported - eager| = "
             f"{self.max_abs_diff:.3g} on a {shape} input (output scale {self.output_scale:.3g})"
         )
-
-
-def parse_input_size(text: str, default_channels: int | None = None) -> tuple[int, int, int]:
-    """``"3x224x224"`` -> (3, 224, 224); ``"224"`` or ``"224x224"`` use ``default_channels``."""
-    try:
-        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) in (1, 2) and default_channels is not None:
-        parts = [default_channels, parts[0], parts[-1]]
-    if len(parts) != 3 or min(parts) < 1:
-        raise UsageError(f"--input-size must look like 3x224x224 (C x H x W), got {text!r}")
-    return parts[0], parts[1], parts[2]
 
 
 def missing_onnx_packages() -> list[str]:

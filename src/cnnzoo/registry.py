@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +176,9 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     weights: Any = None,
+    *,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **kwargs: Any,
 ) -> ZooModel:
     """Build a zoo model by name, optionally with ``weights``.
@@ -186,6 +189,9 @@ def create_model(
     ``"fashion_mnist"``; see :func:`cnnzoo.list_weights`), a file path or a state-dict. Named
     weights build the model for their own classes, channels and options unless given otherwise,
     and set ``model.pretrained_cfg`` (class names, transform, metrics).
+    ``features_only=True`` returns a backbone instead (timm's API): its forward gives the maps
+    of the stages ``out_indices`` of ``model.feature_info`` (default all; negative indices count
+    from the deepest), see :func:`cnnzoo.models.features.feature_extractor`.
     """
     spec = None
     if weights is not None:
@@ -203,6 +209,12 @@ def create_model(
         from cnnzoo.weights import load_weights
 
         load_weights(model, weights)
+    if features_only:
+        from cnnzoo.models.features import feature_extractor
+
+        return feature_extractor(model, out_indices)  # type: ignore[return-value]
+    if out_indices is not None:
+        raise ValueError("out_indices needs features_only=True")
     return model
 
 

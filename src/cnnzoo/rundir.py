@@ -191,15 +191,21 @@ class RunDir:
             return
         if self._lock_fd is not None:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        path = self.path / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CnnzooError(f"{self.path} is in use by pid {holder}; wait for it or pick "
+                                  "another --output-dir") from None  # fmt: skip
+            # The holder before us may have removed the file as we opened it: lock the file
+            # that is there now.
+            if path.exists() and os.fstat(fd).st_ino == path.stat().st_ino:
+                break
             os.close(fd)
-            raise CnnzooError(
-                f"{self.path} is in use by pid {holder}; wait for it or pick another --output-dir"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -388,7 +394,10 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CnnzooError(f"{config_path}: unreadable run config ({_one_line(exc)})") from exc
     try:  # a hand-edited config: name the field that is wrong, not a TypeError deep inside
-        TrainConfig.check_fields(config, str(config_path))
+        fields = config
+        if isinstance(config, dict):  # data facts may also sit at the top level (older runs)
+            fields = {k: v for k, v in config.items() if k not in _RUN_FACTS}
+        TrainConfig.check_fields(fields, str(config_path))
     except UsageError as exc:
         raise CnnzooError(str(exc)) from None
     if not isinstance(config.get("model"), str):

@@ -81,6 +81,33 @@ def _show_image(ax: Axes, image: torch.Tensor | np.ndarray) -> None:
     ax.set_yticks([])
 
 
+HEAT_CMAP = "jet"
+HEAT_LABEL = "Grad-CAM, top class (1 = strongest)"
+
+
+def _overlay_heat(ax: Axes, heat: torch.Tensor | np.ndarray | None) -> None:
+    """A heat map in [0, 1], on the input's grid, drawn half-transparent over the image."""
+    if heat is not None:
+        values = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else heat
+        ax.imshow(values, cmap=HEAT_CMAP, alpha=0.45, vmin=0.0, vmax=1.0)
+
+
+def _heat_colorbar(
+    fig: Figure, axes: Any = None, label: str = HEAT_LABEL, cax: Axes | None = None
+) -> None:
+    """One colour bar saying what the overlay's colours mean (opaque: alpha would wash it out),
+    beside ``axes`` or in its own axes ``cax``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=HEAT_CMAP)
+    if cax is not None:
+        bar = fig.colorbar(mappable, cax=cax)
+    else:
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.04)
+    bar.set_label(label, fontsize=7)
+
+
 # --------------------------------------------------------------------------- training history
 
 
@@ -193,6 +220,7 @@ def _draw_topk(
     class_names: Sequence[str],
     true_label: int | str | None,
     k: int,
+    heat: torch.Tensor | np.ndarray | None = None,
 ) -> None:
     p = torch.as_tensor(np.asarray(probs, dtype=np.float64)).flatten()
     k = min(k, p.numel())
@@ -217,6 +245,7 @@ def _draw_topk(
     bar_ax.set_title(f"top-{k}")
     if image_ax is not None:
         _show_image(image_ax, image)
+        _overlay_heat(image_ax, heat)
         if true_index is not None:
             right = int(indices[0]) == true_index
             image_ax.set_title(
@@ -232,22 +261,26 @@ def plot_topk_bars(
     out: str | Path | Axes | tuple[Axes, Axes],
     true_label: int | str | None = None,
     k: int = 5,
+    heat: torch.Tensor | np.ndarray | None = None,
 ) -> Path | Figure:
     """The image beside a horizontal bar chart of its ``k`` most probable classes.
 
     ``probs`` is the full probability vector over ``class_names``. The true class's bar (when
-    known and in the top k) is green; a wrong top-1 is red. ``out`` is a PNG path (returned after
-    writing), or axes to draw into: a pair ``(image_ax, bar_ax)`` or a single bar axes (then the
-    image is left out); with axes the figure they belong to is returned.
+    known and in the top k) is green; a wrong top-1 is red. ``heat`` (an (H, W) map in [0, 1] on
+    the image's grid, e.g. Grad-CAM) is drawn over the image with a colour bar. ``out`` is a PNG
+    path (returned after writing), or axes to draw into: a pair ``(image_ax, bar_ax)`` or a single
+    bar axes (then the image is left out); with axes the figure they belong to is returned.
     """
     if isinstance(out, (str, Path)):
-        fig = _new_figure(9, 3.5)
+        fig = _new_figure(9.8 if heat is not None else 9, 3.5)
         image_ax, bar_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
-        _draw_topk(image_ax, bar_ax, image, probs, class_names, true_label, k)
+        _draw_topk(image_ax, bar_ax, image, probs, class_names, true_label, k, heat)
+        if heat is not None:
+            _heat_colorbar(fig, image_ax)
         fig.tight_layout()
         return save_figure(fig, out)
     image_ax, bar_ax = out if isinstance(out, tuple) else (None, out)
-    _draw_topk(image_ax, bar_ax, image, probs, class_names, true_label, k)
+    _draw_topk(image_ax, bar_ax, image, probs, class_names, true_label, k, heat)
     return bar_ax.get_figure()  # type: ignore[return-value]
 
 
@@ -257,9 +290,10 @@ def prediction_grid_figure(
     true: Sequence[int | None] | None,
     class_names: Sequence[str],
     cols: int = 5,
+    heats: Sequence[torch.Tensor | np.ndarray | None] | None = None,
 ) -> Figure:
     """A grid of images titled with their predicted class: green when right, red when wrong,
-    black when the true class is unknown."""
+    black when the true class is unknown; ``heats`` (e.g. Grad-CAM maps) overlay the images."""
     count = len(images)
     if count == 0:
         raise ValueError("no images to show")
@@ -267,13 +301,15 @@ def prediction_grid_figure(
         raise ValueError("images, predicted and true labels must have the same length")
     cols = max(1, min(cols, count))
     rows = math.ceil(count / cols)
-    fig = _new_figure(2.4 * cols, 2.9 * rows)
+    bar_width = 1.4 if heats is not None else 0.0  # room for the colour bar and its label
+    fig = _new_figure(2.4 * cols + bar_width, 2.9 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for i, ax in enumerate(axes):
         if i >= count:
             ax.set_axis_off()
             continue
         _show_image(ax, images[i])
+        _overlay_heat(ax, heats[i] if heats is not None else None)
         pred = int(predicted[i])
         label = true[i] if true is not None else None
         if label is None:
@@ -283,7 +319,13 @@ def prediction_grid_figure(
         else:
             color, title = WRONG_COLOR, f"{class_names[pred]}\n(true: {class_names[int(label)]})"
         ax.set_title(title, color=color, fontsize=9)
-    fig.tight_layout()
+    if heats is not None:
+        width = fig.get_figwidth()
+        fig.tight_layout(rect=(0.0, 0.0, 1.0 - bar_width / width, 1.0))
+        left = 1.0 - (bar_width - 0.25) / width
+        _heat_colorbar(fig, cax=fig.add_axes((left, 0.18, 0.12 / width, 0.64)))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -294,9 +336,10 @@ def plot_prediction_grid(
     class_names: Sequence[str],
     out_png: str | Path,
     cols: int = 5,
+    heats: Sequence[torch.Tensor | np.ndarray | None] | None = None,
 ) -> Path:
     """Write :func:`prediction_grid_figure` as a PNG; returns the path."""
-    fig = prediction_grid_figure(images, predicted, true_or_none, class_names, cols)
+    fig = prediction_grid_figure(images, predicted, true_or_none, class_names, cols, heats)
     return save_figure(fig, out_png)
 
 

@@ -62,6 +62,7 @@ class Prediction:
     true_label: str | None = None
     probabilities: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
     image: torch.Tensor | None = field(default=None, repr=False)  # uint8 (C, H, W) as fed
+    cam: torch.Tensor | None = field(default=None, repr=False)  # (H, W) Grad-CAM in [0, 1]
 
     @property
     def correct(self) -> bool | None:
@@ -76,6 +77,7 @@ def iter_predictions(
     device: torch.device | str | None = None,
     keep_images: bool = True,
     folder_labels: Sequence[str | None] | None = None,
+    cam: bool = False,
 ) -> Iterator[Prediction]:
     """Classify image files a batch at a time, as they are decoded (memory stays bounded).
 
@@ -84,8 +86,10 @@ def iter_predictions(
     (``folder_labels[i]``, by default its parent folder's name) is one of the class names gets
     that class as its true label. Images that cannot be decoded are skipped with a
     :class:`UserWarning`; when none can be read the result is a :class:`DataError`.
-    ``keep_images`` stores the image the model saw, as uint8, in each prediction (for plots).
+    ``keep_images`` stores the image the model saw, as uint8, in each prediction (for plots);
+    ``cam`` also its Grad-CAM map for the top class (at the deepest feature stage).
     """
+    from cnnzoo.analysis.explain import gradcam_maps
     from cnnzoo.data import read_image
 
     if not paths:
@@ -130,6 +134,7 @@ def iter_predictions(
         probs = F.softmax(output.float(), dim=1).cpu()
         shown = loaded.shown(batch) if keep_images else None
         top_p, top_i = probs.topk(k, dim=1)
+        heats = gradcam_maps(model, batch, top_i[:, 0].tolist()).cpu() if cam else None
         for row, (path, folder) in enumerate(kept):
             indices = top_i[row].tolist()
             true_index = names.index(folder) if folder in names else None
@@ -143,6 +148,7 @@ def iter_predictions(
                 true_label=folder if true_index is not None else None,
                 probabilities=probs[row].clone(),
                 image=shown[row] if shown is not None else None,
+                cam=heats[row] if heats is not None else None,
             )
     if not produced:
         raise DataError(f"none of the {len(paths)} images could be read")

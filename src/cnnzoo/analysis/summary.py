@@ -1,4 +1,5 @@
-"""A Keras-style model summary: one row per module, with output shape, parameters and MACs."""
+"""A Keras-style model summary: one row per module, with output shape, receptive field and jump,
+parameters and MACs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnzoo.analysis.flops import InputSize, macs_by_module, resolve_input_size, run_forward
+from cnnzoo.analysis.receptive_field import (
+    LayerField,
+    ReceptiveField,
+    ReceptiveFieldError,
+    receptive_field,
+)
 
 MB = 1e6  # decimal megabytes, as torchinfo and Keras print them
 
@@ -26,6 +33,15 @@ class SummaryRow:
     params: int  # the module's own parameters and its children's
     macs: int
     is_leaf: bool
+    field: LayerField | None = None  # receptive field of the output; None: did not run or no map
+
+    @property
+    def rf_text(self) -> str:
+        return self.field.size_text if self.field is not None else "--"
+
+    @property
+    def jump_text(self) -> str:
+        return self.field.jump_text if self.field is not None else "--"
 
     @property
     def label(self) -> str:
@@ -56,6 +72,8 @@ class ModelSummary:
     activation_bytes: int  # output bytes of every leaf-module call in one forward pass
     depth: int | None = None
     output_shapes: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+    # None when an op of the model has no receptive-field rule (then the columns show "?").
+    receptive_field: ReceptiveField | None = None
 
     @property
     def param_mb(self) -> float:
@@ -78,19 +96,28 @@ class ModelSummary:
             ("Params size (MB)", f"{self.param_mb:.2f}"),
             ("Buffers size (MB)", f"{self.buffer_bytes / MB:.2f}"),
             ("Forward activations (MB)", f"{self.activation_mb:.2f}"),
+            *self._field_totals(),
         ]
 
-    def _cells(self, row: SummaryRow) -> tuple[str, str, str, str, str]:
+    def _field_totals(self) -> list[tuple[str, str]]:
+        if self.receptive_field is None:
+            return [("Receptive field", "? (an op of this model has no rule)")]
+        return self.receptive_field.totals()
+
+    def _cells(self, row: SummaryRow) -> tuple[str, ...]:
+        unknown = self.receptive_field is None and bool(row.output_shapes)
         return (
             row.label,
             row.type,
             row.shape_text,
+            "?" if unknown else row.rf_text,
+            "?" if unknown else row.jump_text,
             f"{row.params:,}" if row.params else "--",
             f"{row.macs:,}" if row.macs else "--",
         )
 
     def __str__(self) -> str:
-        header = ("Layer", "Type", "Output shape", "Params", "Mult-adds")
+        header = ("Layer", "Type", "Output shape", "RF", "Jump", "Params", "Mult-adds")
         body = [self._cells(row) for row in self.visible_rows()]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
@@ -112,6 +139,8 @@ class ModelSummary:
         table.add_column("Layer", no_wrap=True)
         table.add_column("Type", no_wrap=True)
         table.add_column("Output shape", no_wrap=True)
+        table.add_column("RF", justify="right", no_wrap=True)
+        table.add_column("Jump", justify="right", no_wrap=True)
         table.add_column("Params", justify="right", no_wrap=True)
         table.add_column("Mult-adds", justify="right", no_wrap=True)
         for row in self.visible_rows():
@@ -195,6 +224,10 @@ def summary(
             handle.remove()
 
     macs = macs_by_module(counters[-1], model)
+    try:
+        fields: ReceptiveField | None = receptive_field(model, size, device=device)
+    except ReceptiveFieldError:
+        fields = None
 
     rows = []
     for module, name in names.items():
@@ -208,6 +241,7 @@ def summary(
                 params=sum(p.numel() for p in module.parameters()),
                 macs=macs.get(name, 0),
                 is_leaf=module in leaves,
+                field=fields.layers.get(name) if fields is not None else None,
             )
         )
     params = list(model.parameters())
@@ -226,4 +260,5 @@ def summary(
         activation_bytes=leaf_bytes[0],
         depth=depth,
         output_shapes=_shapes(final),
+        receptive_field=fields,
     )

@@ -16,28 +16,13 @@ from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
 from cnnzoo.analysis.predict import Prediction, collect_images, iter_predictions
+from cnnzoo.cli.options import add_source_arguments, positive_int
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.inference import InferenceModel, load_model
+from cnnzoo.train.hardware import resolve_device
 
 # A grid of more images than this is unreadable; the per-image bar charts still cover them all.
 GRID_MAX_IMAGES = 100
-
-
-SOURCE_HELP = (
-    "a run directory, a checkpoint file (.safetensors or torchvision .pth), or a model name "
-    "with --weights"
-)
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """SOURCE and --weights: the same on predict, evaluate, export, summary and explain."""
-    parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
-    parser.add_argument(
-        "--weights",
-        metavar="NAME_OR_FILE",
-        help="for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
-        "`cnnzoo weights` lists them) or a weights file",
-    )
 
 
 def register(subparsers: Any) -> None:
@@ -53,7 +38,7 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     evaluate.add_argument("--data-dir", help="where the dataset lives (default: the run's)")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument(
         "--output", help="folder for eval_SPLIT.json and confusion_SPLIT.png (default: the run)"
     )
@@ -75,13 +60,18 @@ def register(subparsers: Any) -> None:
     )
     add_source_arguments(predict)
     predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
-    predict.add_argument("--topk", type=_positive_int, default=5)
-    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.add_argument("--topk", type=positive_int, default=5)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument(
         "--plot",
         metavar="OUT_DIR",
         help="write each image beside its top-k bars, and a prediction grid (green right, red "
         "wrong when the true class is known)",
+    )
+    predict.add_argument(
+        "--cam",
+        action="store_true",
+        help="with --plot: overlay each image with the Grad-CAM map of its top class",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     predict.add_argument(
@@ -99,35 +89,6 @@ def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceMod
             f"(`cnnzoo weights {args.source}` lists the names)"
         )
     return loaded
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def pick_device(name: str) -> torch.device:
-    from cnnzoo.train.trainer import resolve_device
-
-    return resolve_device(name) if name in ("auto", "cpu", "cuda", "mps") else _named_device(name)
-
-
-def _named_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-# --------------------------------------------------------------------------- evaluate
 
 
 def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
@@ -227,7 +188,7 @@ def evaluate_run(run: str | Path, **options: Any) -> tuple[EvalResult, dict[str,
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
     result, info = evaluate_source(
         loaded,
@@ -295,7 +256,8 @@ class PredictionPlots:
     def __init__(self, out_dir: Path, class_names: list[str], topk: int) -> None:
         self.out_dir, self.class_names, self.topk = out_dir, class_names, topk
         self.written: list[Path] = []
-        self.grid: list[tuple[torch.Tensor, int, int | None]] = []  # image, predicted, true
+        # image, predicted class, true class, Grad-CAM map
+        self.grid: list[tuple[torch.Tensor, int, int | None, torch.Tensor | None]] = []
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, index: int, p: Prediction) -> None:
@@ -310,30 +272,37 @@ class PredictionPlots:
                 self.out_dir / f"{index:04d}_{_safe_stem(p.path)}_top{self.topk}.png",
                 true_label=p.true_index,
                 k=self.topk,
+                heat=p.cam,
             )
         )
         if len(self.grid) < GRID_MAX_IMAGES:
-            self.grid.append((p.image, p.indices[0], p.true_index))
-        p.image = None  # the chart is written: memory stays bounded over thousands of images
+            self.grid.append((p.image, p.indices[0], p.true_index, p.cam))
+        p.image = p.cam = None  # the chart is written: memory stays bounded
 
     def finish(self) -> list[Path]:
         from cnnzoo.analysis.plots import plot_prediction_grid
 
-        known = any(true is not None for _, _, true in self.grid)
+        images, predicted, true, heats = zip(*self.grid, strict=True)
+        known = any(label is not None for label in true)
         self.written.append(
             plot_prediction_grid(
-                [image for image, _, _ in self.grid],
-                [predicted for _, predicted, _ in self.grid],
-                [true for _, _, true in self.grid] if known else None,
+                list(images),
+                list(predicted),
+                list(true) if known else None,
                 self.class_names,
                 self.out_dir / "predictions.png",
+                heats=list(heats) if heats[0] is not None else None,
             )
         )
         return self.written
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    if args.cam and not args.plot:
+        raise UsageError("--cam draws into the plots: add --plot DIR")
+    if args.cam and args.fast:
+        raise UsageError("--cam needs the model's gradients: drop --fast")
+    device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
     loaded.model.to(device)
     found = collect_images(args.inputs)
@@ -354,6 +323,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 device=device,
                 keep_images=plots is not None,
                 folder_labels=[label for _, label in found],
+                cam=args.cam,
             )
             for index, prediction in enumerate(stream):
                 if plots is not None:

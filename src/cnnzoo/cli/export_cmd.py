@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from cnnzoo.cli.eval_cmd import add_source_arguments
+from cnnzoo.cli.options import add_source_arguments, parse_input_size
 from cnnzoo.errors import UsageError
-from cnnzoo.export import FORMATS, export_model, parse_input_size
+from cnnzoo.export import FORMATS, export_model
 from cnnzoo.inference import load_model
 from cnnzoo.registry import list_models
 

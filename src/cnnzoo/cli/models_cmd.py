@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from cnnzoo.cli.options import add_source_arguments, parse_input_size, positive_int
 from cnnzoo.errors import UsageError
+from cnnzoo.inference import load_model
 
 NON_TTY_WIDTH = 160  # wide enough that tables piped to a file or `less` are not squeezed
 
@@ -37,16 +38,25 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "summary",
-        help="layer-by-layer table of a model: output shapes, parameters, multiply-adds",
-        description="Print a Keras-style summary of one model (computed on the meta device).",
+        help="layer-by-layer table of a model: output shapes, receptive fields, parameters, MACs",
+        description=(
+            "Print a Keras-style summary of one model (computed on the meta device): each "
+            "layer's output shape, receptive field (RF, input pixels; * also sees the whole "
+            "image through global pooling) and jump (effective stride), parameters and "
+            "multiply-adds, then the totals."
+        ),
     )
-    p.add_argument("name", help="a registered model name (see `cnnzoo models`)")
+    add_source_arguments(p)
     p.add_argument(
         "--input-size",
-        help="CxHxW, HxW or a side, e.g. 1x28x28 (default: the model's default input size)",
+        help="CxHxW, HxW or a side, e.g. 1x28x28 (default: the model's or the run's input size)",
     )
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier width")
-    p.add_argument("--in-chans", type=int, help="input channels (default 3, or C of --input-size)")
+    p.add_argument(
+        "--num-classes", type=int, help="classifier width (default: the model's own, e.g. 1000)"
+    )
+    p.add_argument(
+        "--in-chans", type=int, help="input channels (default: the model's, or C of --input-size)"
+    )
     p.add_argument("--depth", type=int, help="show modules down to this nesting depth")
     p.add_argument(
         "--small-input",
@@ -67,21 +77,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("names", nargs="*", help="model names or shell patterns (default: all)")
     p.add_argument(
         "--input-size",
-        type=_positive_side,
+        type=positive_int,
         help="image side for the torchvision output comparison (default: max(min size, 64))",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_verify)
-
-
-def _positive_side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an image side >= 1, got {text!r}")
-    return value
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -132,26 +132,10 @@ def run_models(args: argparse.Namespace) -> int:
 # --- summary --------------------------------------------------------------------------------
 
 
-def parse_input_size(text: str) -> tuple[int, ...]:
-    """``"1x28x28"`` -> (1, 28, 28); ``"28x28"`` -> (28, 28); ``"28"`` -> (28, 28)."""
-    parts = re.split(r"[x×,]", text.strip().lower())
-    try:
-        values = tuple(int(part) for part in parts)
-    except ValueError:
-        values = ()
-    if not values or len(values) > 3 or min(values) < 1:
-        raise UsageError(
-            f"--input-size must be CxHxW, HxW or a side (positive integers), e.g. 1x28x28; "
-            f"got {text!r}"
-        )
-    return values * 2 if len(values) == 1 else values
-
-
 def run_summary(args: argparse.Namespace) -> int:
     from cnnzoo.analysis.summary import summary
-    from cnnzoo.registry import get_entry
+    from cnnzoo.registry import get_entry, list_models
 
-    entry = get_entry(args.name)
     size = parse_input_size(args.input_size) if args.input_size else None
     in_chans = args.in_chans
     if size is not None and len(size) == 3:
@@ -161,20 +145,34 @@ def run_summary(args: argparse.Namespace) -> int:
                 f"({size[0]} channels)"
             )
         in_chans = size[0]
-    kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": in_chans or 3}
-    if args.small_input:
-        kwargs["small_input"] = True
-    with torch.device("meta"):
-        try:
-            model = entry.builder(**kwargs)
-        except TypeError as exc:
-            if "small_input" in str(exc):
-                raise UsageError(f"{args.name} has no small-input variant") from None
-            raise
+    if args.source in list_models() and args.weights is None:
+        # A bare name: built on the meta device (no memory), with the model's own defaults.
+        kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": in_chans}
+        if args.small_input:
+            kwargs["small_input"] = True
+        with torch.device("meta"):
+            try:
+                model = get_entry(args.source).builder(**kwargs)
+            except TypeError as exc:
+                if "small_input" in str(exc):
+                    raise UsageError(f"{args.source} has no small-input variant") from None
+                raise
+        default_size = tuple(model.default_cfg["input_size"])
+    else:
+        if args.num_classes is not None or args.small_input or args.in_chans is not None:
+            raise UsageError(
+                "--num-classes, --in-chans and --small-input are for a model given by name; "
+                "a run or weights have their own"
+            )
+        loaded = load_model(args.source, args.weights)
+        model, default_size = loaded.model, (loaded.channels, *loaded.input_size)
+    channels = default_size[0]
     if size is None:
-        size = tuple(model.default_cfg["input_size"])
+        size = default_size
     elif len(size) == 2:
-        size = (kwargs["in_chans"], *size)
+        size = (channels, *size)
+    elif size[0] != channels:
+        raise UsageError(f"the model takes {channels}-channel images, --input-size says {size[0]}")
     result = summary(model, size, depth=args.depth)
     _console().print(result)
     return 0

@@ -93,7 +93,7 @@ def _field_options(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
         item = typing.get_args(base)[0]
         options["type"] = _numbers(item, "," if item is int else "/,", 3 if item is float else None)
     else:
-        options["type"] = base
+        options["type"] = meta.get("convert", base)  # e.g. Keras' name for an older one
         if "choices" in meta:
             options["choices"] = meta["choices"]
     return options

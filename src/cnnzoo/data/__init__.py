@@ -1,5 +1,6 @@
 """Datasets by name, image folders and fast batch loaders (``load_dataset``, ``make_loader``)."""
 
+from cnnzoo.data.arrays import load_data
 from cnnzoo.data.datasets import (
     DataBundle,
     FileSplit,
@@ -26,6 +27,7 @@ __all__ = [
     "dataset_names",
     "default_download_root",
     "iter_image_files",
+    "load_data",
     "load_dataset",
     "load_image_folder",
     "make_loader",

@@ -20,7 +20,7 @@ from cnnzoo.data.datasets import DataBundle, TensorSplit, channel_stats
 from cnnzoo.data.splits import stratified_split
 from cnnzoo.errors import UsageError
 
-__all__ = ["as_images", "as_labels", "bundle_from_arrays", "materialize"]
+__all__ = ["as_images", "as_labels", "bundle_from_arrays", "load_data", "materialize"]
 
 CHANNEL_COUNTS = (1, 3)
 
@@ -181,3 +181,24 @@ def _unpack(pair: Sequence[Any] | Any) -> tuple[Any, Any]:
     if isinstance(pair, (tuple, list)) and len(pair) == 2:
         return pair[0], pair[1]
     return pair, None
+
+
+def load_data(
+    name: str, *, data_dir: str | None = None, download: bool = False
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``(x_train, y_train), (x_test, y_test)`` as NumPy arrays, as Keras' ``load_data()``
+    returns them: uint8 images (N, H, W) for grey sets and (N, H, W, 3) for colour ones, and
+    integer labels. ``name`` is any dataset :func:`~cnnzoo.data.load_dataset` knows; nothing
+    is downloaded unless ``download`` is set."""
+    from cnnzoo.data.datasets import load_dataset
+
+    bundle = load_dataset(name, data_dir=data_dir, download=download, val_split=0)
+    if not bundle.in_memory:
+        raise UsageError(f"load_data reads in-memory datasets, not {name}")
+
+    def keras(split: Any) -> tuple[np.ndarray, np.ndarray]:
+        images = split.images.permute(0, 2, 3, 1)
+        images = images[..., 0] if images.shape[-1] == 1 else images
+        return images.numpy(), split.labels.numpy()
+
+    return keras(bundle.train), keras(bundle.test)

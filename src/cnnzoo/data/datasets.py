@@ -436,8 +436,11 @@ def load_dataset(
     if spec.startswith("imagefolder:"):
         from cnnzoo.data.folder import load_image_folder
 
+        folder = spec.split(":", 1)[1]
+        if not folder.strip():
+            raise UsageError("imagefolder: needs the folder, e.g. --dataset imagefolder:photos")
         return load_image_folder(
-            spec.split(":", 1)[1],
+            folder,
             val_split=val_split,
             split=split,
             image_size=image_size,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["AlexNet", "alexnet", "alexnet_v1"]
@@ -22,6 +23,21 @@ ALEXNET_PAPER = Paper("ImageNet Classification with Deep Convolutional Neural Ne
 
 # Local response normalisation, Section 3.3: b = a / (k + alpha * sum_{n neighbours} a^2)^beta.
 LRN_K, LRN_SIZE, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+
+# Stages, one per resolution: (module in ``features``, channels, reduction). conv1, conv2 and
+# conv5 after their ReLU (and LRN), then pool5.
+TORCHVISION_STAGES = [
+    ("features.1", 64, 4),
+    ("features.4", 192, 8),
+    ("features.11", 256, 16),
+    ("features.12", 256, 32),
+]
+PAPER_STAGES = [
+    ("features.2", 96, 4),
+    ("features.6", 256, 8),
+    ("features.13", 256, 16),
+    ("features.14", 256, 32),
+]
 
 
 def paper_lrn() -> nn.LocalResponseNorm:
@@ -35,6 +51,7 @@ class AlexNet(ZooModel):
 
     The state-dict keys are torchvision's. ``features`` is given as a built ``nn.Sequential`` so
     the same class serves both layouts; the classifier reads 256 * 6 * 6 features either way.
+    ``stages`` are the layout's feature stages (module, channels, reduction).
     """
 
     first_conv = "features.0"
@@ -46,8 +63,10 @@ class AlexNet(ZooModel):
         num_classes: int = 1000,
         dropout: float = 0.5,
         min_input_size: int = 63,
+        stages: list[tuple[str, int, int]] = TORCHVISION_STAGES,
     ) -> None:
         super().__init__()
+        self.feature_info = FeatureInfo(stages)
         self.num_classes = num_classes
         self.num_features = 4096
         self.min_input_size = min_input_size
@@ -143,6 +162,12 @@ def alexnet_v1(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> 
     The smallest input is 67 px: the last max-pool needs a 3x3 map, so the second pool needs 7x7,
     the first 15x15, and conv1 (11x11, stride 4, unpadded) makes 15 from 67.
     """
-    model = AlexNet(paper_features(in_chans), num_classes=num_classes, min_input_size=67, **kwargs)
+    model = AlexNet(
+        paper_features(in_chans),
+        num_classes=num_classes,
+        min_input_size=67,
+        stages=PAPER_STAGES,
+        **kwargs,
+    )
     init_as_in_paper(model)
     return model

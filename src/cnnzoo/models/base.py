@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import IMAGENET_MEAN, IMAGENET_STD, check_class_and_channel_counts
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ZooModel", "check_class_and_channel_counts"]
@@ -18,7 +19,9 @@ class ZooModel(nn.Module):
     Subclasses set ``first_conv`` and ``classifier_name`` (dotted module names, which are also
     their state-dict prefixes), ``min_input_size`` (the smallest square side the network accepts)
     and optionally ``fixed_input_size``; they implement :meth:`forward_features`,
-    :meth:`forward_head` and :meth:`reset_classifier`.
+    :meth:`forward_head` and :meth:`reset_classifier`. Each sets ``feature_info``, its stages
+    as data (module, channels, reduction; see :mod:`cnnzoo.models.features`): the maps a
+    ``features_only`` backbone returns and the layers explanations look at.
     """
 
     first_conv: str = "conv1"
@@ -30,6 +33,7 @@ class ZooModel(nn.Module):
     num_features: int
     num_classes: int
     default_cfg: dict[str, Any]
+    feature_info: FeatureInfo
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

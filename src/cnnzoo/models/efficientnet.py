@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import last_at_each_reduction
 from cnnzoo.models.layers import SqueezeExcite
 from cnnzoo.models.mobilenet import ConvBNAct, NormLayer, init_mobile_weights, make_divisible
 from cnnzoo.registry import Paper, register_model
@@ -71,6 +72,9 @@ class StochasticDepth(nn.Module):
     Survivors are scaled by 1/(1-p) so that evaluation, which keeps every branch, needs no
     rescaling.
     """
+
+    # Its forward branches on self.training: graph tracing (features_only) keeps it one module.
+    trace_as_leaf = True
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -176,6 +180,13 @@ class EfficientNet(ZooModel):
             )
         )
         self.features = nn.Sequential(*features)
+        # Stages: the last of features.0 (stem), .1-.7 (the MBConv stages) and .8 (head conv)
+        # at each reduction, read off the stage table.
+        self.feature_info = last_at_each_reduction(
+            [("features.0", stem_channels, 2)]
+            + [(f"features.{i}", c_out, s) for i, (_, _, s, _, c_out, _) in enumerate(stages, 1)]
+            + [(f"features.{len(stages) + 1}", self.num_features, 1)]
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout, inplace=True),

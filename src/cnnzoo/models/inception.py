@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import IMAGENET_MEAN, IMAGENET_STD, Paper, register_model
 
 __all__ = [
@@ -157,6 +158,16 @@ GOOGLENET_MODULES: dict[str, tuple[int, int, int, int, int, int, int]] = {
 }
 
 
+# Stages, the last module at each resolution: (module, channels, reduction).
+GOOGLENET_STAGES = [
+    ("conv1", 64, 2),
+    ("conv3", 192, 4),
+    ("inception3b", 480, 8),
+    ("inception4e", 832, 16),
+    ("inception5b", 1024, 32),
+]
+
+
 class GoogLeNet(ZooModel):
     """GoogLeNet (Szegedy et al. 2014, Table 1), torchvision's BN variant; see the module notes.
 
@@ -184,6 +195,7 @@ class GoogLeNet(ZooModel):
         self.num_features = 1024
         self.aux_logits = aux_logits
         self.transform_input = transform_input
+        self.feature_info = FeatureInfo(GOOGLENET_STAGES)
 
         self.conv1 = BasicConv2d(in_chans, 64, kernel_size=7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
@@ -410,6 +422,16 @@ class InceptionAuxV3(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+# Stages, the last module at each resolution: (module, channels, reduction).
+INCEPTION_V3_STAGES = [
+    ("Conv2d_2b_3x3", 64, 2),
+    ("Conv2d_4a_3x3", 192, 4),
+    ("Mixed_5d", 288, 8),
+    ("Mixed_6e", 768, 16),
+    ("Mixed_7c", 2048, 32),
+]
+
+
 class Inception3(ZooModel):
     """Inception-v3 (Szegedy et al. 2015, Table 1), torchvision's layout and weights.
 
@@ -439,6 +461,7 @@ class Inception3(ZooModel):
         self.num_features = 2048
         self.aux_logits = aux_logits
         self.transform_input = transform_input
+        self.feature_info = FeatureInfo(INCEPTION_V3_STAGES)
 
         self.Conv2d_1a_3x3 = BasicConv2d(in_chans, 32, kernel_size=3, stride=2)  # 299 -> 149
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)  # -> 147

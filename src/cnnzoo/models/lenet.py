@@ -13,12 +13,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.models.layers import WholeInputConv2d
 from cnnzoo.registry import Paper, register_model
 
 __all__ = ["LeNet5", "LeNetCaffe", "lenet5", "lenet_caffe"]
 
 LENET_PAPER = Paper("Gradient-based learning applied to document recognition", 1998)
+
+# Stages: (module, channels, reduction). C5 is left out: its 1x1 output is the classifier's
+# input vector, not a map.
+LENET5_STAGES = [("relu1", 6, 2), ("relu2", 16, 4)]  # S2 (14x14), S4 (5x5), after ReLU
+LENET_CAFFE_STAGES = [("pool1", 20, 2), ("pool2", 50, 4)]  # 12x12, 4x4
+
+
+@torch.fx.wrap
+def pad_to_side(x: torch.Tensor, side: int, min_side: int) -> torch.Tensor:
+    """Centre ``min_side``..``side``-px images in a ``side`` x ``side`` zero field.
+
+    Other sizes come back unchanged (already ``side``, or a size the input check rejects).
+    Wrapped for torch.fx: tracing records one call instead of looking at concrete shapes.
+    """
+    height, width = x.shape[-2:]
+    if (height, width) == (side, side) or not all(
+        min_side <= edge <= side for edge in (height, width)
+    ):
+        return x
+    top, left = (side - height) // 2, (side - width) // 2
+    return F.pad(x, (left, side - width - left, top, side - height - top))
 
 
 class LeNet5(ZooModel):
@@ -45,21 +67,19 @@ class LeNet5(ZooModel):
         self.num_features = 84
         self.conv1 = nn.Conv2d(in_chans, 6, kernel_size=5)  # C1: 32 -> 28
         self.pool1 = nn.MaxPool2d(2)  # S2: 28 -> 14
+        self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(6, 16, kernel_size=5)  # C3: 14 -> 10
         self.pool2 = nn.MaxPool2d(2)  # S4: 10 -> 5
+        self.relu2 = nn.ReLU()
         self.conv3 = WholeInputConv2d(16, 120, kernel_size=5)  # C5: 5 -> 1, a matrix product
+        self.relu3 = nn.ReLU()
         self.fc1 = nn.Linear(120, 84)  # F6
         self.fc = nn.Linear(84, num_classes)
+        self.feature_info = FeatureInfo(LENET5_STAGES)
 
     def pad_to_32(self, x: torch.Tensor) -> torch.Tensor:
         """Centre a 28..31-px image in a 32x32 zero field (the paper's 28x28 MNIST -> 32x32)."""
-        height, width = x.shape[-2:]
-        if (height, width) == (32, 32) or not all(
-            self.min_input_size <= side <= 32 for side in (height, width)
-        ):
-            return x  # already 32x32, or a size check_input rejects
-        top, left = (32 - height) // 2, (32 - width) // 2
-        return F.pad(x, (left, 32 - width - left, top, 32 - height - top))
+        return pad_to_side(x, 32, self.min_input_size)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() == 4 and all(self.min_input_size <= s <= 32 for s in x.shape[-2:]):
@@ -68,12 +88,12 @@ class LeNet5(ZooModel):
         super().check_input(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pad_to_32(x)
+        x = pad_to_side(x, 32, self.min_input_size)
         # Max-pooling commutes with ReLU (both are monotone), so pooling first gives the same
         # values and gradients while the ReLU touches a quarter of the elements.
-        x = F.relu(self.pool1(self.conv1(x)))
-        x = F.relu(self.pool2(self.conv2(x)))
-        return F.relu(self.conv3(x))
+        x = self.relu1(self.pool1(self.conv1(x)))
+        x = self.relu2(self.pool2(self.conv2(x)))
+        return self.relu3(self.conv3(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = F.relu(self.fc1(torch.flatten(x, 1)))
@@ -103,6 +123,7 @@ class LeNetCaffe(ZooModel):
         self.pool2 = nn.MaxPool2d(2)
         self.fc1 = nn.Linear(50 * 4 * 4, 500)
         self.fc = nn.Linear(500, num_classes)
+        self.feature_info = FeatureInfo(LENET_CAFFE_STAGES)
         # Keras defaults, so a run matches the tutorial: Glorot-uniform kernels, zero biases.
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

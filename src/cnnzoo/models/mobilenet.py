@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import last_at_each_reduction
 from cnnzoo.models.layers import ActLayer, SqueezeExcite
 from cnnzoo.registry import Paper, register_model
 
@@ -152,13 +153,19 @@ class MobileNetV2(ZooModel):
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
 
         features: list[nn.Module] = [ConvBNAct(in_chans, channels, 3, stride=2, act_layer=nn.ReLU6)]
+        layers = [("features.0", channels, 2)]  # (module, channels, stride) of each layer
         for t, c, n, s in stages or MOBILENET_V2_STAGES:
             out_channels = make_divisible(c * width_mult)
             for i in range(n):
-                features.append(InvertedResidual(channels, out_channels, s if i == 0 else 1, t))
+                stride = s if i == 0 else 1
+                layers.append((f"features.{len(features)}", out_channels, stride))
+                features.append(InvertedResidual(channels, out_channels, stride, t))
                 channels = out_channels
+        layers.append((f"features.{len(features)}", self.num_features, 1))
         features.append(ConvBNAct(channels, self.num_features, 1, act_layer=nn.ReLU6))
         self.features = nn.Sequential(*features)
+        # Stages: the last block at each reduction, the head conv at 1/32.
+        self.feature_info = last_at_each_reduction(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout),
@@ -279,16 +286,26 @@ class MobileNetV3(ZooModel):
         layers: list[nn.Module] = [
             ConvBNAct(in_chans, channels, 3, stride=2, norm_layer=_V3_NORM, act_layer=nn.Hardswish)
         ]
+        strides = [2]
         for kernel, expanded, out_channels, use_se, activation, stride in blocks:
             layers.append(
                 V3Block(channels, kernel, expanded, out_channels, use_se, activation, stride)
             )
+            strides.append(stride)
             channels = out_channels
         head_channels = 6 * channels
         layers.append(
             ConvBNAct(channels, head_channels, 1, norm_layer=_V3_NORM, act_layer=nn.Hardswish)
         )
+        strides.append(1)
         self.features = nn.Sequential(*layers)
+        # Stages: the last block at each reduction (read off the block table), the head conv
+        # at 1/32.
+        widths = [16] + [row[2] for row in blocks] + [head_channels]
+        self.feature_info = last_at_each_reduction(
+            (f"features.{i}", width, stride)
+            for i, (width, stride) in enumerate(zip(widths, strides, strict=True))
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         # §5.3 "efficient last stage": pool first, then a 1x1 (here linear) layer to last_channel.
         self.classifier = nn.Sequential(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.models.layers import SqueezeExcite
 from cnnzoo.registry import Paper, register_model
 
@@ -196,6 +197,17 @@ class PreActBottleneck(nn.Module):
 
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]
 
+# Stages: (module, channels before the block expansion, reduction, reduction with small_input).
+# The stem after its ReLU, then the four residual stages; pre-activation nets end with their
+# final BN-ReLU (``relu_final``) instead of layer4's un-normalised sum.
+RESNET_STAGES = [
+    ("relu", 64, 2, 1),
+    ("layer1", 64, 4, 1),
+    ("layer2", 128, 8, 2),
+    ("layer3", 256, 16, 4),
+    ("layer4", 512, 32, 8),
+]
+
 
 class ResNet(ZooModel):
     """The ImageNet ResNet skeleton: stem, four stages of residual blocks, global pool, fc.
@@ -240,6 +252,15 @@ class ResNet(ZooModel):
         self.num_features = 512 * block.expansion
         # Pre-activation blocks leave their sum un-normalised; the paper ends with BN-ReLU.
         self.bn_final = nn.BatchNorm2d(self.num_features) if block.preact else None
+        self.relu_final = nn.ReLU(inplace=True) if block.preact else None
+        self.feature_info = FeatureInfo(
+            (
+                "relu_final" if block.preact and name == "layer4" else name,
+                planes if name == "relu" else planes * block.expansion,
+                small_reduction if small_input else reduction,
+            )
+            for name, planes, reduction, small_reduction in RESNET_STAGES
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.drop_rate = drop_rate
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -285,8 +306,8 @@ class ResNet(ZooModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        if self.bn_final is not None:
-            x = self.relu(self.bn_final(x))
+        if self.bn_final is not None and self.relu_final is not None:
+            x = self.relu_final(self.bn_final(x))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

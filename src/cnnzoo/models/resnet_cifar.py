@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import Paper, register_model
 
 __all__ = [
@@ -168,6 +169,10 @@ class CifarResNet(ZooModel):
         self.layer3 = self._make_stage(widths[1], widths[2], blocks, 2, shortcut)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes)
+        # Stages: the three residual stages at 1, 1/2 and 1/4 of the input side.
+        self.feature_info = FeatureInfo(
+            [("layer1", widths[0], 1), ("layer2", widths[1], 2), ("layer3", widths[2], 4)]
+        )
         init_weights(self)
 
     @staticmethod
@@ -311,6 +316,10 @@ class PreActResNet(ZooModel):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes)
+        # Stages: the first two stages' sums, then the final BN-ReLU (what the head reads).
+        self.feature_info = FeatureInfo(
+            [("layer1", widths[0], 1), ("layer2", widths[1], 2), ("relu", widths[2], 4)]
+        )
         init_weights(self)
 
     @staticmethod

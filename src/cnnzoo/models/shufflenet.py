@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import Paper, register_model
 
 SHUFFLENET_V2_PAPER = Paper(
@@ -124,6 +125,16 @@ class ShuffleNetV2(ZooModel):
             width = out_channels
         self.conv5 = nn.Sequential(*_conv_bn(width, channels[4], 1), nn.ReLU(inplace=True))
         self.fc = nn.Linear(channels[4], num_classes)
+        # Stages, the last module at each resolution: conv1, the max-pool, stage2, stage3, conv5.
+        self.feature_info = FeatureInfo(
+            [
+                ("conv1", channels[0], 2),
+                ("maxpool", channels[0], 4),
+                ("stage2", channels[1], 8),
+                ("stage3", channels[2], 16),
+                ("conv5", channels[4], 32),
+            ]
+        )
         # Initialisation: PyTorch's layer defaults, as in torchvision.
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from cnnzoo.models.base import ZooModel
+from cnnzoo.models.features import FeatureInfo
 from cnnzoo.registry import Paper, register_model
 
-__all__ = ["VGG", "VGG_CONFIGS", "make_features"] + [
+__all__ = ["VGG", "VGG_CONFIGS", "feature_stages", "make_features"] + [
     f"vgg{depth}{suffix}" for depth in (11, 13, 16, 19) for suffix in ("", "_bn")
 ]
 
@@ -62,6 +63,25 @@ def make_features(config: list[int | str], in_chans: int, batch_norm: bool) -> n
     return nn.Sequential(*layers)
 
 
+def feature_stages(config: list[int | str], batch_norm: bool) -> list[tuple[str, int, int]]:
+    """(module, channels, reduction) per stage: the ReLU before each max-pool, then the last
+    layer (pool5; the last ReLU when ``small_input`` drops pool5).
+
+    Indices count the layers :func:`make_features` builds (conv, BN, ReLU per number; one pool
+    per "M"): for VGG-16, conv1_2 ... conv5_3 after their ReLU, and pool5.
+    """
+    stages: list[tuple[str, int, int]] = []
+    index, channels, reduction = -1, 0, 1
+    for item in config:
+        if item == "M":
+            stages.append((f"features.{index}", channels, reduction))
+            index, reduction = index + 1, reduction * 2
+        else:
+            assert isinstance(item, int)
+            index, channels = index + (3 if batch_norm else 2), item
+    return [*stages, (f"features.{index}", channels, reduction)]
+
+
 class VGG(ZooModel):
     """VGG: ``features`` (conv stack), ``avgpool``, ``classifier`` (4096-4096-classes MLP).
 
@@ -97,6 +117,7 @@ class VGG(ZooModel):
         # Each 2x2/2 max-pool halves the side (floor), so 2**pools px reaches the last one as 1x1.
         self.min_input_size = 2**pools
         self.features = make_features(config, in_chans, batch_norm)
+        self.feature_info = FeatureInfo(feature_stages(config, batch_norm))
         pooled = 1 if small_input else 7
         self.avgpool = nn.AdaptiveAvgPool2d((pooled, pooled))
         self.classifier = nn.Sequential(

@@ -77,7 +77,9 @@ def fit(
             test_data=test_data, seed=int(fields.get("seed", 0)),
         )  # fmt: skip
         fields["dataset"] = data.name
-        fields["val_split"] = validation_split or 0.0
+        # What share of the images validates (recorded; the split itself is made above).
+        held = len(data.val) if data.val is not None else 0
+        fields["val_split"] = round(held / (held + len(data.train)), 6)
     cfg = TrainConfig.from_dict(fields, source="cnnzoo.fit()")
     trainer = Trainer(cfg, callbacks, data=data, model=module)
     history = trainer.fit()

@@ -11,11 +11,13 @@ with the final weights. Recomputing them before each validation (Wu & Johnson 20
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+
+from cnnzoo.train.distributed import DistInfo, all_reduce_sum
 
 __all__ = ["recompute_statistics"]
 
@@ -27,12 +29,12 @@ def recompute_statistics(
     model: nn.Module,
     batches: Iterable[Any],
     limit: int,
-    average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dist: DistInfo | None = None,
 ) -> int:
     """Replace every batch norm's running statistics by their average over up to ``limit``
     batches, as the network is now; the number of batches used. Only the norm layers run in
-    training mode, so dropout draws no random numbers. ``average`` (e.g. a mean over DDP
-    ranks) is applied to each statistic at the end."""
+    training mode, so dropout draws no random numbers. Under DDP (``dist``) each rank's
+    statistics are then averaged over the ranks, so that every rank evaluates alike."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms or limit <= 0:
         return 0
@@ -51,8 +53,8 @@ def recompute_statistics(
             break
     for module, momentum in zip(norms, momenta, strict=True):
         module.momentum = momentum
-        if average is not None:
-            module.running_mean.copy_(average(module.running_mean))  # type: ignore[union-attr]
-            module.running_var.copy_(average(module.running_var))  # type: ignore[union-attr]
+        if dist is not None and dist.enabled:
+            for stat in (module.running_mean, module.running_var):
+                stat.copy_(all_reduce_sum(stat.clone(), dist) / dist.world_size)  # type: ignore[union-attr]
     model.train(was_training)
     return used

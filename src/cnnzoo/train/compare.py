@@ -36,6 +36,9 @@ def check_items(items: Sequence[str]) -> None:
     """Every item must be a registered model or a finished run directory (UsageError otherwise)."""
     if not items:
         raise UsageError("name at least one model or run directory to compare")
+    repeated = sorted({item for item in items if list(items).count(item) > 1})
+    if repeated:
+        raise UsageError(f"{', '.join(repeated)} named more than once; name each model once")
     names = set(list_models())
     for item in items:
         if item not in names and not is_run_dir(item):

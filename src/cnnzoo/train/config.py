@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ LEGACY_KEYS = {"pretrained": "weights"}
 
 # What `--resume RUN` may change; everything else comes from the run's own config.json, so a
 # resumed run is the same experiment.
+MAX_EPOCHS = 100_000
+
 RESUME_OVERRIDES = ("epochs", "patience", "quiet", "device", "num_threads", "progress_every")
 
 
@@ -88,11 +93,10 @@ class TrainConfig:
         metavar="RUN",
         group=RUN,
     )
-    epochs: int | None = _opt(None, "epochs to train (default: the recipe's)", group=RUN)
+    epochs: int | None = _opt(None, "epochs to train", group=RUN)
     batch_size: int | None = _opt(
-        None, "batch size per process (default: the recipe's)", flags=("--batch-size", "-b"),
-        group=RUN,
-    )  # fmt: skip
+        None, "batch size per process", flags=("--batch-size", "-b"), group=RUN
+    )
     # model
     model_kwargs: dict[str, Any] = _opt(
         dict,
@@ -179,7 +183,7 @@ class TrainConfig:
         "(0 = off)", group=VAL,
     )  # fmt: skip
     monitor: str = _opt("val_loss", "quantity that early stopping and `best` watch",
-                        choices=MONITORS, group=VAL)  # fmt: skip
+                        choices=MONITORS, convert=canonical_monitor, group=VAL)  # fmt: skip
     min_delta: float = _opt(0.0, "smallest change that counts as improvement", group=VAL)
     reduce_on_plateau: bool = _opt(False, "cut the lr when the monitor stalls", group=VAL)
     plateau_factor: float = _opt(0.1, "reduce-on-plateau: lr factor", group=VAL)
@@ -211,7 +215,10 @@ class TrainConfig:
     plots: bool = _opt(True, "draw history.png and confusion_matrix.png at the end", group=OUT)
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON gives a list)
+        # Every field has its declared type from here on (an int lr becomes a float, a JSON
+        # list of betas a tuple); a value of the wrong type is a one-line UsageError.
+        for name, hint in _field_types().items():
+            setattr(self, name, _check_value("TrainConfig", name, getattr(self, name), hint))
         self.monitor = canonical_monitor(self.monitor)
 
     # ------------------------------------------------------------------ validation
@@ -254,8 +261,14 @@ class TrainConfig:
             value = getattr(self, name)
             ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
             check(ok and (value is None or value >= 1), name, "must be an integer > 0")
+        # A longer run is surely a typo, and the schedules' tables grow with it.
+        check(self.epochs is None or self.epochs <= MAX_EPOCHS, "epochs",
+              f"must be at most {MAX_EPOCHS:,}")  # fmt: skip
         for name in ("lr", "image_size", "clip_grad", "num_threads"):
             positive(name)
+        most = 4 * (os.cpu_count() or 1)
+        check(self.num_threads is None or self.num_threads <= most, "num_threads",
+              f"must be at most {most} (4 per core here)")  # fmt: skip
         for name in ("warmup_epochs", "mixup", "cutmix", "min_delta", "patience",
                      "weight_decay", "histogram_freq", "num_workers", "aux_weight",
                      "precise_bn"):  # fmt: skip
@@ -287,6 +300,16 @@ class TrainConfig:
             if looks_like_path(self.weights) or not self.model:
                 raise UsageError(f"--weights {self.weights}: no such file")
             resolve_weights(self.model, self.weights)  # an unknown name lists the valid ones
+        data_dir = Path(self.data_dir).expanduser() if self.data_dir is not None else None
+        if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+            raise UsageError(f"--data-dir {self.data_dir} is not a directory")
+        if self.resume is not None and self.output_dir is not None:
+            same = Path(self.output_dir).expanduser().resolve() == Path(self.resume).resolve()
+            if not same:
+                raise UsageError(
+                    f"--resume {self.resume} continues that run in its own folder; drop "
+                    f"--output-dir {self.output_dir} (copy the run there first to branch it)"
+                )
         if self.nesterov and self.optimizer not in (None, "sgd"):
             raise UsageError("--nesterov only applies to --optimizer sgd")
         check(self.step_size is None or self.step_size >= 1, "step_size", "must be an integer > 0")
@@ -396,7 +419,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             kind = "a list" if isinstance(data, list) else type(data).__name__
             raise UsageError(f"{source}: expected a mapping of training options, got {kind}")
-        hints = typing.get_type_hints(cls)
+        hints = _field_types()
         values: dict[str, Any] = {}
         unknown = []
         for key, value in data.items():
@@ -451,6 +474,11 @@ def read_mapping(path: str | Path) -> Any:
 # --- field types ------------------------------------------------------------------------------
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _describe(hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
@@ -472,9 +500,11 @@ def _check_value(source: str, name: str, value: Any, hint: Any) -> Any:
     """``value`` converted to the field's type (int -> float, list -> tuple), or a UsageError."""
     converted = _convert(value, hint)
     if converted is _BAD:
-        raise UsageError(
-            f"{source}: {json.dumps(name)}: expected {_describe(hint)}, got {json.dumps(value)}"
-        )
+        try:
+            shown = json.dumps(value)
+        except (TypeError, ValueError):
+            shown = repr(value)
+        raise UsageError(f"{source}: {json.dumps(name)}: expected {_describe(hint)}, got {shown}")
     return converted
 
 
@@ -494,12 +524,15 @@ def _convert(value: Any, hint: Any) -> Any:
         return value
     if hint is bool:
         return value if isinstance(value, bool) else _BAD
-    if hint is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if hint is int:  # NumPy integers too
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return int(value) if ok else _BAD
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         return float(value) if ok else _BAD
     if hint is str:
+        if isinstance(value, os.PathLike):  # a pathlib.Path for output_dir, weights, ...
+            value = os.fspath(value)
         return value if isinstance(value, str) else _BAD
     if origin is dict:
         ok = isinstance(value, dict) and all(isinstance(key, str) for key in value)

@@ -36,9 +36,9 @@ DEFAULTS: tuple[tuple[str, str, dict[str, Any] | str], ...] = (
     ("lenet", "mnist", dict(epochs=12, lr=3e-3, schedule="onecycle", label_smoothing=0.1,
                             ema_decay=0.998)),
     # He et al. 2016 trained the CIFAR nets with SGD 0.1; one-cycle reaches it in fewer epochs.
-    ("resnet_cifar", "small", dict(**SGD, epochs=20, schedule="onecycle", label_smoothing=0.1)),
+    ("resnet_cifar", "*", dict(**SGD, epochs=20, schedule="onecycle", label_smoothing=0.1)),
     ("resnet_cifar", "fashion_mnist|cifar10|cifar100", dict(augment="crop_flip")),
-    ("resnet_cifar", "tiny", dict(lr=0.05)),
+    ("resnet_cifar", "tiny", dict(epochs=10, lr=0.05)),
     # Without batch norm, 13-16 stacked convolutions need a gentle start (AdamW 1e-3 stays at
     # chance): Adam 1e-4 warmed up over an epoch.
     ("vgg11|vgg13|vgg16|vgg19", "*", dict(optimizer="adam", lr=1e-4, weight_decay=0.0,

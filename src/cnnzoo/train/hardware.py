@@ -4,6 +4,7 @@ they are put back when the run returns."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -14,7 +15,9 @@ __all__ = ["TorchSettings", "amp_dtype", "default_threads", "resolve_device"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``--device`` (auto, cpu, cuda, mps, ...) -> the device, or a UsageError saying why not."""
+    """``--device`` (auto, cpu, cuda, cuda:N, mps) -> the device, or a UsageError saying why not.
+
+    The one device resolver: training, evaluate, predict and explain all go through it."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -28,23 +31,43 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for, but MPS is not available here")
-    return torch.device(name)
+    try:
+        device = torch.device(name)  # also "cuda:1", "cpu"
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but CUDA is not available here")
+    return device
 
 
 def default_threads(processes_here: int = 1) -> int:
     """CPU threads for one of ``processes_here`` training processes on this machine.
 
-    The cores other processes leave free (from the 1-minute load average), at least one. OpenMP
-    threads wait for each other at every parallel region; when another process holds a core, a
-    thread scheduled out stalls the rest (measured: one LeNet-5 epoch took 144 s with 2 threads
-    on 2 busy cores, 10 s with one; benchmarks/threads.py).
+    The cores that other processes leave free, at least one: the 1-minute load average less
+    what this process itself has been using. OpenMP threads wait for each other at every
+    parallel region; when another process holds a core, a thread scheduled out stalls the rest
+    (measured: one LeNet-5 epoch took 144 s with 2 threads on 2 busy cores, 10 s with one;
+    ``benchmarks/threads.py``).
     """
-    cores = max(1, (os.cpu_count() or 1) // max(1, processes_here))
+    cores = os.cpu_count() or 1
+    share = max(1, cores // max(1, processes_here))
     try:
-        busy = os.getloadavg()[0]
+        others = os.getloadavg()[0] - _own_load()
     except (AttributeError, OSError):  # no load average (Windows): use every core
-        return cores
-    return max(1, min(cores, int((os.cpu_count() or 1) - busy + 0.5) // max(1, processes_here)))
+        return share
+    free = int(cores - max(0.0, others) + 0.5)
+    return max(1, min(share, free // max(1, processes_here)))
+
+
+def _own_load() -> float:
+    """Cores this process has kept busy on average since it started (0 where unknown)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            age = float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return time.process_time() / age if age > 1 else 0.0
 
 
 class TorchSettings:

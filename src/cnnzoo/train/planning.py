@@ -74,10 +74,9 @@ def plan_input(
     kwargs, side, note = _plan_size(model_name, num_classes, channels, image_hw, model_kwargs,
                                     image_size, small_input)  # fmt: skip
     model = _build_on_meta(model_name, num_classes, channels, kwargs)
-    least = getattr(model, "aux_min_input_size", None)
-    trained_at = side or min(image_hw)
-    if least and getattr(model, "aux_logits", False) and "aux_logits" not in kwargs \
-            and trained_at < least:  # fmt: skip
+    least = getattr(model, "aux_min_input_size", 0)
+    auxiliary = getattr(model, "aux_logits", False) and "aux_logits" not in kwargs
+    if auxiliary and (side or min(image_hw)) < least:
         kwargs = {**kwargs, "aux_logits": False}
         note += f"; auxiliary classifier left out (it needs {least} px)"
     return kwargs, side, note
@@ -103,8 +102,7 @@ def _plan_size(
     ):
         small_kwargs = {**model_kwargs, "small_input": True}
         small = _build_on_meta(model_name, num_classes, channels, small_kwargs)
-        resize = image_size or (None if _accepts(small, channels, height, width) else
-                                _least_side(small))  # fmt: skip
+        resize = image_size or _resize_for(small, channels, height, width)
         if resize is None or _accepts(small, channels, resize, resize):
             note = f"{model_name} built with small_input=True for {height}x{width} images"
             resized = f", resized to {resize}x{resize}" if resize else ""
@@ -118,9 +116,14 @@ def _plan_size(
                 + ")"
             )
         return model_kwargs, image_size, f"resizing batches to {image_size}x{image_size}"
-    if _accepts(model, channels, height, width):
+    resize = _resize_for(model, channels, height, width)
+    if resize is None:
         return model_kwargs, None, f"{height}x{width} images fit {model_name} as they are"
-    resize = _least_side(model)
+    if _accepts(model, channels, height, width):
+        return model_kwargs, resize, (
+            f"{height}x{width} images would leave {model_name} a last feature map under 2x2; "
+            f"resizing batches to {resize}x{resize}"
+        )
     return (
         model_kwargs,
         resize,
@@ -128,6 +131,26 @@ def _plan_size(
         f"{model.fixed_input_size or model.min_input_size} px; resizing batches from "
         f"{height}x{width} to {resize}x{resize}",
     )
+
+
+def _resize_for(model: Any, channels: int, height: int, width: int) -> int | None:
+    """The side to resize images to, or None when they suit the model as they are: a model
+    with a stated minimum gets at least that; one without (most mobile and residual nets)
+    gets twice its total stride, so that its last feature map keeps 2x2 positions."""
+    if not _accepts(model, channels, height, width):
+        return _least_side(model)
+    if model.fixed_input_size or model.min_input_size > 1:
+        return None
+    useful = 2 * _total_stride(model, channels)
+    return useful if min(height, width) < useful else None
+
+
+def _total_stride(model: Any, channels: int, probe: int = 224) -> int:
+    try:
+        features = model.forward_features(torch.empty(1, channels, probe, probe, device="meta"))
+    except Exception:  # a model whose features are not a 2-D map: no opinion
+        return 1
+    return max(1, probe // max(1, int(features.shape[-1])))
 
 
 def _least_side(model: Any) -> int:

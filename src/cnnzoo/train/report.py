@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from cnnzoo.train.config import TrainConfig
     from cnnzoo.train.trainer import Trainer
 
-__all__ = ["describe_recipe", "score_test", "start_lines"]
+__all__ = ["describe_recipe", "end_lines", "interrupted_line", "score_test", "start_lines"]
 
 
 def describe_recipe(cfg: TrainConfig) -> str:
@@ -92,6 +92,14 @@ def score_test(trainer: Trainer) -> dict[str, Any]:
     )
     trainer.callbacks.call("on_test_end", {"test_loss": result.loss, "test_accuracy": result.top1})
     return metrics
+
+
+def interrupted_line(trainer: Trainer) -> str:
+    """What Ctrl-C leaves: the saved epoch and the command that continues, or nothing."""
+    if not trainer.saved_epoch:
+        return "interrupted before the first epoch finished; nothing to resume"
+    return (f"interrupted; epoch {trainer.saved_epoch}/{trainer.epochs} is saved in "
+            f"{trainer.run}. Continue with: cnnzoo train --resume {trainer.run}")  # fmt: skip
 
 
 def end_lines(trainer: Trainer) -> list[str]:

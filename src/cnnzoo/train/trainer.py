@@ -1,11 +1,9 @@
 """The training loop: one :class:`Trainer` per run directory, resumable at every epoch boundary.
 
-``Trainer(config, callbacks).fit()`` reads top to bottom: :meth:`setup` builds the data, the
-model and the optimizer (restoring the ``last`` checkpoint on ``--resume``); :meth:`fit` runs
-epochs of :meth:`train_one_epoch` (the step: mixing, auxiliary losses, AMP, clipping, EMA) and
-:meth:`validate`, calling the callbacks (:mod:`cnnzoo.train.callbacks`) and saving ``last``
-after each epoch; :meth:`test` scores the test split. Everything on disk goes through
-:class:`cnnzoo.rundir.RunDir`.
+:meth:`Trainer.setup` builds data, model and optimizer (restoring ``last`` on ``--resume``);
+:meth:`~Trainer.fit` runs epochs of :meth:`~Trainer.train_one_epoch` and
+:meth:`~Trainer.validate`, calling the callbacks and saving ``last`` after each, then
+:meth:`~Trainer.test`. Everything on disk goes through :class:`cnnzoo.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -22,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import fit_channels, resolve_weights
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
-from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint
+from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
 from cnnzoo.train.checkpoint import defer_sigint
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
@@ -49,11 +47,9 @@ class TrainingDiverged(CnnzooError):
 class Trainer:
     """Train one model on one dataset into one run directory (see :class:`TrainConfig`).
 
-    ``callbacks`` run after the ones the config asks for (:meth:`TrainConfig.callbacks`).
-    ``data`` (a :class:`~cnnzoo.data.DataBundle`) replaces ``config.dataset``; ``model`` (an
-    ``nn.Module``) replaces building ``config.model``. With ``config.resume = RUN`` the run
-    continues from its last completed epoch with its own config.json, except for the fields in
-    ``RESUME_OVERRIDES`` named in ``overrides`` (by default: those set in ``config``).
+    ``callbacks`` join those the config asks for (:meth:`TrainConfig.callbacks`); ``data`` (a
+    DataBundle) replaces ``config.dataset`` and ``model`` (an nn.Module) ``config.model``. With
+    ``config.resume`` the run continues with its own config (see :meth:`TrainConfig.resumed`).
     """
 
     def __init__(
@@ -73,14 +69,11 @@ class Trainer:
         self.config.validate()
         self.data, self.given_model = data, model
         self.user_callbacks = list(callbacks or [])
-        self.dist = DistInfo()
-        self.log = RunLog(enabled=True)
+        self.dist, self.log = DistInfo(), RunLog(enabled=True)
         self.model: nn.Module | None = None
         self.history: list[dict[str, Any]] = []
         self.initial_epoch = 0  # the first epoch this process trains (Keras' name)
-        self.stop_training = False
-        self.final_weights = "last"
-        self.test_result: Any = None
+        self.stop_training, self.final_weights, self.test_result = False, "last", None
         self.steps_per_epoch = 0
         self._settings: TorchSettings | None = None
         self._set_up = False
@@ -168,10 +161,9 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0)
-        self.callbacks = CallbackList(
-            [*cfg.callbacks(validation=self.val_loader is not None), *self.user_callbacks],
-            is_main=self.dist.is_main,
-        )
+        defaults = cfg.callbacks(validation=self.val_loader is not None)
+        self.callbacks = CallbackList(with_defaults(defaults, self.user_callbacks),
+                                      is_main=self.dist.is_main)  # fmt: skip
         self.callbacks.set_trainer(self)
         rng.seed_all(cfg.seed + self.dist.rank)  # per-rank dropout / mixing streams
         if resuming:
@@ -279,11 +271,9 @@ class Trainer:
         if len(state["rng"]) == self.dist.world_size:
             rng.restore(state["rng"][self.dist.rank])
         else:
-            self.log.warn(
-                f"the run was saved with {len(state['rng'])} process(es), now "
-                f"{self.dist.world_size}; random streams restart, so results will not match an "
-                "uninterrupted run"
-            )
+            self.log.warn(f"the run was saved with {len(state['rng'])} process(es), now "
+                          f"{self.dist.world_size}; random streams restart, so results will not "
+                          "match an uninterrupted run")  # fmt: skip
         self.initial_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.stop_training = bool(state.get("stop_training", state.get("stopped_early", False)))
@@ -306,23 +296,17 @@ class Trainer:
                 for line in report.start_lines(self):
                     self.log(line)
             self.callbacks.call("on_train_begin", {})
-            epoch = self.initial_epoch
-            while epoch < self.epochs and not self.stop_training:
+            for epoch in range(self.initial_epoch, self.epochs):
+                if self.stop_training:
+                    break
                 if stop_after is not None and epoch - self.initial_epoch >= stop_after:
                     return self._history({})
                 self._run_epoch(epoch)
-                epoch += 1
             last_logs = epoch_logs(self.history[-1] if self.history else {})
             self.callbacks.call("on_train_end", last_logs)
             return self._history(self.test())
         except KeyboardInterrupt:
-            if self.saved_epoch:
-                self.log.warn(
-                    f"interrupted; epoch {self.saved_epoch}/{self.epochs} is saved in {self.run}. "
-                    f"Continue with: cnnzoo train --resume {self.run}"
-                )
-            else:
-                self.log.warn("interrupted before the first epoch finished; nothing to resume")
+            self.log.warn(report.interrupted_line(self))
             raise
         finally:
             self.close()
@@ -345,7 +329,10 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> None:
         self.callbacks.call("on_epoch_begin", epoch, {})
         stats = self.train_one_epoch(epoch)
-        self.recompute_norms()
+        if not self.frozen:  # a frozen backbone keeps the statistics it came with
+            with self.autocast():
+                recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
+                                     self.dist)  # fmt: skip
         val_loss, val_acc = self.validate()
         self.history.append({"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_acc": val_acc})
         with defer_sigint():
@@ -377,7 +364,14 @@ class Trainer:
         total = len(loader) if max_steps is None else min(max_steps, len(loader))
         start = time.perf_counter()
         lr = self.schedule.current_lr()
-        for step, (x, y) in enumerate(loader):
+        batches, batch = iter(loader), None
+        for step in range(total):
+            # Every rank takes len(loader) steps: one whose loader dropped a batch of unreadable
+            # images repeats its last batch rather than leave the others waiting (DDP).
+            batch = next(batches, batch)
+            if batch is None:
+                raise DataError(f"no readable training images on rank {self.dist.rank}")
+            x, y = batch
             self.callbacks.call("on_train_batch_begin", step, logs)
             lr = self.schedule.apply()
             loss, correct = self.train_step(x, y, mix_rng, mix_gen)
@@ -392,9 +386,8 @@ class Trainer:
             # Under DDP every rank must stop at the same step: only where flags were reduced.
             if self.stop_training and (synced or not self.dist.enabled):
                 break
-            # A full epoch runs the loader to its end (where it reports unreadable files).
-            if max_steps is not None and step + 1 >= total:
-                break
+        if max_steps is None and not self.stop_training:
+            next(batches, None)  # the loader ends its epoch (and reports unreadable files)
         seconds = time.perf_counter() - start
         totals = torch.cat([sums.double(), sums.new_tensor([seen], dtype=torch.float64)])
         loss_sum, correct, count = all_reduce_sum(totals, self.dist).tolist()
@@ -468,18 +461,6 @@ class Trainer:
                 f"(lr {self.schedule.current_lr():.3g}: try a lower --lr, --warmup-epochs or "
                 f"--clip-grad); {saved}"
             )
-
-    def recompute_norms(self) -> None:
-        """Batch-norm statistics of the evaluated network from ``precise_bn`` training batches
-        of the current epoch, averaged over ranks (see :mod:`cnnzoo.train.batchnorm`). A frozen
-        backbone keeps the statistics it came with."""
-        if self.frozen:
-            return
-        world = self.dist.world_size
-        average = (lambda t: all_reduce_sum(t.clone(), self.dist) / world) if world > 1 else None
-        with self.autocast():
-            recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
-                                 average)  # fmt: skip
 
     @torch.no_grad()
     def validate(self) -> tuple[float | None, float | None]:

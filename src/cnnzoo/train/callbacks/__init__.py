@@ -1,6 +1,6 @@
 """Keras-style callbacks: the protocol (:class:`Callback`) and the built-in ones."""
 
-from cnnzoo.train.callbacks.base import Callback, CallbackList, Monitor
+from cnnzoo.train.callbacks.base import Callback, CallbackList, Monitor, with_defaults
 from cnnzoo.train.callbacks.csv_logger import CSVLogger
 from cnnzoo.train.callbacks.early_stopping import EarlyStopping
 from cnnzoo.train.callbacks.model_checkpoint import ModelCheckpoint
@@ -20,4 +20,5 @@ __all__ = [
     "ProgressBar",
     "ReduceLROnPlateau",
     "TensorBoard",
+    "with_defaults",
 ]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from cnnzoo.train.trainer import Trainer
 
-__all__ = ["Callback", "CallbackList", "Monitor"]
+__all__ = ["Callback", "CallbackList", "Monitor", "with_defaults"]
 
 C = TypeVar("C", bound="Callback")
 
@@ -62,6 +62,19 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
+    def replaces(self, other: Callback) -> bool:
+        """Whether this (user's) callback takes the place of ``other`` (one the config asked
+        for): by default, when they are of the same class."""
+        return type(self) is type(other)
+
+
+def with_defaults(defaults: Iterable[Callback], given: Iterable[Callback]) -> list[Callback]:
+    """The config's callbacks, then the user's; a user's callback that :meth:`~Callback.replaces`
+    one of the config's takes its place (a user's TensorBoard writes where it says, not also
+    into the run; the run's own history.csv and best checkpoint stay)."""
+    given = list(given)
+    return [cb for cb in defaults if not any(mine.replaces(cb) for mine in given)] + given
+
 
 class CallbackList:
     """The callbacks of one run, called in order (main-process-only ones on rank 0 only)."""
@@ -90,7 +103,15 @@ class CallbackList:
             callback.close()
 
     def _keys(self) -> list[str]:
-        return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(self.callbacks)]
+        """Each callback's name in the checkpoint: its class, numbered from the second of a
+        class on (so adding a callback of another class does not renumber the others)."""
+        seen: dict[str, int] = {}
+        keys = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return keys
 
     def state_dict(self) -> dict[str, Any]:
         return {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks, strict=True)}
@@ -102,7 +123,7 @@ class CallbackList:
         for key, callback in zip(keys, self.callbacks, strict=True):
             if key in state:
                 callback.load_state_dict(state[key])
-        return [key for key in state if key not in keys]
+        return [key for key, saved in state.items() if key not in keys and saved]
 
 
 class Monitor:

@@ -24,6 +24,9 @@ class CSVLogger(Callback):
         super().__init__()
         self.filename = filename
 
+    def replaces(self, other: Callback) -> bool:
+        return isinstance(other, CSVLogger) and other.filename == self.filename
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.trainer is not None
         self.trainer.run.write_history(self.trainer.history, self.filename)

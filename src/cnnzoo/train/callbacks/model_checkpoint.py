@@ -61,6 +61,9 @@ class ModelCheckpoint(Callback):
         meta = {**self.trainer.weights_metadata(), "monitor": name, "value": str(value)}
         self.trainer.run.save_checkpoint("best", self.trainer.get_weights(), state, meta)
 
+    def replaces(self, other: Callback) -> bool:
+        return isinstance(other, ModelCheckpoint) and other.filepath == self.filepath
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
