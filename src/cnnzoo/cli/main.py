@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.export_cmd",
     "cnnzoo.cli.weights_cmd",
     "cnnzoo.cli.explain_cmd",
+    "cnnzoo.cli.experiment_cmd",
 )
 
 
