@@ -360,3 +360,44 @@ def test_resume_into_another_folder_and_repeated_compare_models_are_refused(
                       "-o", str(out)], capsys)  # fmt: skip
     assert code == 2 and "lenet5 named more than once" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_command_line_loads_torch_only_inside_its_interrupt_handler() -> None:
+    """`import cnnzoo` and the command's entry module leave torch unloaded, so a Ctrl-C while
+    torch loads happens inside main()'s handler: exit 130, one line."""
+    import subprocess
+    import sys
+
+    probe = "import sys, cnnzoo, cnnzoo.cli.main; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+    # A Ctrl-C that lands while torch is being imported (an import hook raises it there).
+    interrupt_in_torch = (
+        "import sys\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "from cnnzoo.cli.main import main\n"
+        "sys.exit(main(['models']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", interrupt_in_torch], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert (done.returncode, done.stderr, done.stdout) == (130, "cnnzoo: interrupted\n", "")
+
+
+def test_ctrl_c_right_after_start_is_one_line_and_130() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnzoo", "verify", "*"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.5)  # the interpreter is up; torch is loading or the command has begun
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "cnnzoo: interrupted" and "Traceback" not in err

@@ -1,15 +1,38 @@
-"""cnnzoo: classic image-classification CNNs, faithful to their papers and verified."""
+"""cnnzoo: classic image-classification CNNs, faithful to their papers and verified.
 
-from cnnzoo.analysis.flops import count_macs
-from cnnzoo.analysis.receptive_field import receptive_field
-from cnnzoo.analysis.summary import summary
-from cnnzoo.optimize import optimize
-from cnnzoo.pretrained import get_weight_spec, list_weights
-from cnnzoo.registry import create_model, list_models, model_info
-from cnnzoo.train import History, TrainConfig, Trainer, callbacks, evaluate, fit, predict
-from cnnzoo.weights import load_weights, save_weights
+The names below load on first use (PEP 562), so ``import cnnzoo`` and the ``cnnzoo`` command
+start without importing torch until they need it; a Ctrl-C while torch loads then reaches the
+command line's handler (one line, exit 130) instead of a traceback from the import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "History": "cnnzoo.train",
+    "TrainConfig": "cnnzoo.train",
+    "Trainer": "cnnzoo.train",
+    "callbacks": "cnnzoo.train",
+    "evaluate": "cnnzoo.train",
+    "fit": "cnnzoo.train",
+    "predict": "cnnzoo.train",
+    "count_macs": "cnnzoo.analysis.flops",
+    "receptive_field": "cnnzoo.analysis.receptive_field",
+    "summary": "cnnzoo.analysis.summary",
+    "optimize": "cnnzoo.optimize",
+    "get_weight_spec": "cnnzoo.pretrained",
+    "list_weights": "cnnzoo.pretrained",
+    "create_model": "cnnzoo.registry",
+    "list_models": "cnnzoo.registry",
+    "model_info": "cnnzoo.registry",
+    "load_weights": "cnnzoo.weights",
+    "save_weights": "cnnzoo.weights",
+}
 
 __all__ = [
     "History",
@@ -32,3 +55,27 @@ __all__ = [
     "save_weights",
     "summary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:
+    from cnnzoo.analysis.flops import count_macs
+    from cnnzoo.analysis.receptive_field import receptive_field
+    from cnnzoo.analysis.summary import summary
+    from cnnzoo.optimize import optimize
+    from cnnzoo.pretrained import get_weight_spec, list_weights
+    from cnnzoo.registry import create_model, list_models, model_info
+    from cnnzoo.train import History, TrainConfig, Trainer, callbacks, evaluate, fit, predict
+    from cnnzoo.weights import load_weights, save_weights
