@@ -308,17 +308,40 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch) -> None:
     from cnnzoo.train.hardware import default_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(hardware, "_own_load", lambda: 0.0)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "_busy_others", lambda: 0.2)
     assert default_threads() == 8 and default_threads(processes_here=2) == 4
-    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "_busy_others", lambda: 5.6)
     assert default_threads() == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "_busy_others", lambda: 30.0)
     assert default_threads() == 1
-    # The load this process made itself (an earlier fit in the same session) does not count.
+    # Without /proc/stat: the load average, less the load this process made itself.
+    monkeypatch.setattr(hardware, "_busy_others", lambda: None)
     monkeypatch.setattr(hardware, "_own_load", lambda: 4.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0.0, 0.0))
     assert default_threads() == 6
+
+
+def test_busy_cores_are_measured_now_not_from_the_last_minute() -> None:
+    """A process spinning on one core while we sample counts as one busy core; our own work
+    during the sample does not; once it has exited, nothing counts (the load average would
+    still show it for a minute)."""
+    import subprocess
+    import sys
+    import time
+
+    from cnnzoo.train.hardware import _busy_others
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = _busy_others()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.7
+    time.sleep(0.2)
+    quiet = _busy_others()
+    assert quiet is not None and quiet < busy - 0.5
 
 
 def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:

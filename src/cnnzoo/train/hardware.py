@@ -43,20 +43,47 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def default_threads(processes_here: int = 1) -> int:
     """CPU threads for one of ``processes_here`` training processes on this machine.
 
-    The cores that other processes leave free, at least one: the 1-minute load average less
-    what this process itself has been using. OpenMP threads wait for each other at every
-    parallel region; when another process holds a core, a thread scheduled out stalls the rest
-    (measured: one LeNet-5 epoch took 144 s with 2 threads on 2 busy cores, 10 s with one;
-    ``benchmarks/threads.py``).
+    The cores that other processes leave free, at least one. OpenMP threads wait for each other
+    at every parallel region; when another process holds a core, a thread scheduled out stalls
+    the rest (measured: one LeNet-5 epoch took 144 s with 2 threads on 2 busy cores, 10 s with
+    one; ``benchmarks/threads.py``). What the others use is measured now, over a tenth of a
+    second of ``/proc/stat``: the 1-minute load average still counts a job that ended seconds
+    ago (a training run started right after another one took 1 thread of 2 and ran 1.7x
+    slower), so it is only the fallback where ``/proc/stat`` is missing.
     """
     cores = os.cpu_count() or 1
     share = max(1, cores // max(1, processes_here))
-    try:
-        others = os.getloadavg()[0] - _own_load()
-    except (AttributeError, OSError):  # no load average (Windows): use every core
-        return share
+    others = _busy_others()
+    if others is None:
+        try:
+            others = os.getloadavg()[0] - _own_load()
+        except (AttributeError, OSError):  # no load average (Windows): use every core
+            return share
     free = int(cores - max(0.0, others) + 0.5)
     return max(1, min(share, free // max(1, processes_here)))
+
+
+_SAMPLE_SECONDS = 0.1
+
+
+def _busy_others() -> float | None:
+    """Cores kept busy by other processes during a short sample (None without /proc/stat)."""
+    try:
+        busy_before, own_before, start = _cpu_busy_seconds(), time.process_time(), time.monotonic()
+        time.sleep(_SAMPLE_SECONDS)
+        busy_after, own_after, end = _cpu_busy_seconds(), time.process_time(), time.monotonic()
+    except (OSError, ValueError, IndexError):
+        return None
+    return ((busy_after - busy_before) - (own_after - own_before)) / (end - start)
+
+
+def _cpu_busy_seconds() -> float:
+    """CPU-seconds all cores have spent busy since boot (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    busy = sum(fields[:8]) - idle  # user .. steal; guest time is already in user
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _own_load() -> float:

@@ -6,8 +6,9 @@ and ``images_per_s``). Batch logs hold the epoch's running ``loss`` and ``accura
 every ``progress_every`` steps (the trainer reads values off the device only then). Setting
 ``trainer.stop_training = True`` ends training after the current batch (from a batch hook; under
 DDP at the next ``progress_every`` step, where the ranks agree) or epoch; the epoch still ends
-with validation, ``on_epoch_end`` and a checkpoint, as in Keras. ``on_test_begin/end`` surround the final scoring on the test split (not the per-epoch
-validation); ``close()`` is called once when the run ends, however it ends.
+with validation, ``on_epoch_end`` and a checkpoint, as in Keras. ``on_test_begin/end`` surround
+the final scoring on the test split (not the per-epoch validation); ``close()`` is called once
+when the run ends, however it ends.
 
 Under DistributedDataParallel every rank calls every callback, except those whose class sets
 ``main_process_only = True`` (files and printing: ModelCheckpoint, CSVLogger, TensorBoard,
