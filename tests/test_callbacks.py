@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnzoo.checkpoint import load_checkpoint
 from cnnzoo.train import TrainConfig, Trainer, fit
 from cnnzoo.train.callbacks import (
     Callback,
@@ -20,7 +21,6 @@ from cnnzoo.train.callbacks import (
     ReduceLROnPlateau,
     TensorBoard,
 )
-from cnnzoo.train.checkpoint import load_checkpoint
 from cnnzoo.train.optim import LRSchedule
 
 FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cnnzoo import checkpoint as ckpt_mod
+from cnnzoo.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from cnnzoo.errors import WeightsError
 from cnnzoo.train import TrainConfig, Trainer
-from cnnzoo.train import checkpoint as ckpt_mod
-from cnnzoo.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 CLI = [sys.executable, "-c", "import sys; from cnnzoo.cli.main import main; sys.exit(main())"]
 FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)

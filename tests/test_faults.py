@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnzoo.errors import WeightsError
-from cnnzoo.train import checkpoint as ckpt_mod
-from cnnzoo.train.checkpoint import (
+from cnnzoo import checkpoint as ckpt_mod
+from cnnzoo.checkpoint import (
     CheckpointWriteError,
     checkpoint_exists,
     load_checkpoint,
     save_checkpoint,
 )
+from cnnzoo.errors import WeightsError
 
 
 class Killed(BaseException):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from cnnzoo.checkpoint import load_checkpoint
 from cnnzoo.cli.main import main
 from cnnzoo.train import TrainConfig, Trainer, TrainingDiverged, fit, plan_input
-from cnnzoo.train.checkpoint import load_checkpoint
 from cnnzoo.train.optim import LRSchedule, param_groups
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

@@ -131,9 +131,9 @@ def package(model: str, dataset: str, run_dir: Path) -> dict:
     from safetensors.torch import save_file
 
     from cnnzoo import pretrained
+    from cnnzoo.checkpoint import load_checkpoint
     from cnnzoo.pretrained import SHIPPED_DIR, SHIPPED_MANIFEST, read_manifest, shipped_file_name
     from cnnzoo.registry import create_model
-    from cnnzoo.train.checkpoint import load_checkpoint
 
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -7,7 +7,7 @@ A run directory holds
   reader can rebuild the model without loading the dataset;
 * ``best`` and ``last`` checkpoints, each a pair ``TAG.safetensors`` (weights, with the model and
   data facts in the file's metadata) + ``TAG.state.pt`` (optimizer, schedule, RNG, callbacks, ...;
-  see :mod:`cnnzoo.train.checkpoint`);
+  see :mod:`cnnzoo.checkpoint`);
 * ``history.csv`` (one row per epoch), ``metrics.json`` (the final test metrics), ``train.log``,
   TensorBoard event files and the plots ``history.png`` / ``confusion_matrix.png``;
 * ``.cnnzoo.lock`` while a process trains in it.
@@ -31,9 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
-from cnnzoo.errors import CnnzooError, UsageError, WeightsError
-from cnnzoo.train.checkpoint import (
+from cnnzoo.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
     checkpoint_exists,
@@ -41,6 +39,8 @@ from cnnzoo.train.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
+from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
+from cnnzoo.errors import CnnzooError, UsageError, WeightsError
 
 if TYPE_CHECKING:
     from cnnzoo.models.base import ZooModel
@@ -291,7 +291,7 @@ class RunDir:
         self, path: str | Path, weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     ) -> Path:
         """Weights alone (a ModelCheckpoint's own file), relative paths inside the run."""
-        from cnnzoo.train.checkpoint import weights_bytes
+        from cnnzoo.checkpoint import weights_bytes
 
         target = self._inside(path)
         atomic_write_bytes(target, weights_bytes(weights, metadata))

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from cnnzoo.analysis.flops import count_macs
 from cnnzoo.errors import UsageError
+from cnnzoo.progress import each_with_bar
 from cnnzoo.reference import Figure, reference
 from cnnzoo.registry import ModelEntry, get_entry, list_models
-from cnnzoo.train.progress import each_with_bar
 
 OK, MISMATCH, NA, ERROR = "ok", "MISMATCH", "n/a", "ERROR"
 OUTPUT_TOLERANCE = 1e-5

@@ -24,8 +24,8 @@ import torch
 from rich.console import Console
 
 import cnnzoo
+from cnnzoo.progress import each_with_bar
 from cnnzoo.registry import get_entry
-from cnnzoo.train.progress import each_with_bar
 
 __all__ = ["ModelFigures", "cache_file", "compute_figures", "figures_key", "model_figures"]
 
@@ -92,7 +92,7 @@ def _read(path: Path) -> dict[str, dict]:
 
 
 def _write(path: Path, data: dict[str, dict]) -> None:
-    from cnnzoo.train.checkpoint import atomic_write_bytes
+    from cnnzoo.checkpoint import atomic_write_bytes
 
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnzoo.data.bundle import DataBundle, FileSplit, Split, TensorSplit
+from cnnzoo.data.folder import load_image_folder
 from cnnzoo.data.idx import read_idx_pair
 from cnnzoo.data.splits import partition, stratified_split
 from cnnzoo.errors import DataError, UsageError
@@ -39,64 +41,6 @@ from cnnzoo.errors import DataError, UsageError
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
-
-
-@dataclass
-class TensorSplit:
-    """An in-memory split: uint8 images (N, C, H, W) and int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass
-class FileSplit:
-    """An image-folder split, decoded lazily by the loader."""
-
-    paths: list[Path]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-Split = TensorSplit | FileSplit
-
-
-@dataclass
-class DataBundle:
-    """A dataset's splits plus what a model and a loader need to know about them."""
-
-    name: str
-    class_names: list[str]
-    channels: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train: Split
-    val: Split | None
-    test: Split
-    augment: str = "crop"  # what make_loader(augment="auto") uses for this set
-    source: str = ""  # where the files were found, for messages
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, TensorSplit)
-
-    def get_split(self, split: str) -> Split:
-        if split not in ("train", "val", "test"):
-            raise UsageError(f"unknown split {split!r}; choose train, val or test")
-        found = getattr(self, split)
-        if found is None:
-            raise UsageError(f"{self.name} has no {split} split (val_split was 0)")
-        return found
 
 
 # --- where each named set lives ---------------------------------------------------------------
@@ -434,8 +378,6 @@ def load_dataset(
     ``split`` and ``image_size`` apply to image folders only (see ``cnnzoo.data.folder``).
     """
     if spec.startswith("imagefolder:"):
-        from cnnzoo.data.folder import load_image_folder
-
         folder = spec.split(":", 1)[1]
         if not folder.strip():
             raise UsageError("imagefolder: needs the folder, e.g. --dataset imagefolder:photos")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from cnnzoo.data.datasets import DataBundle, FileSplit
+from cnnzoo.data.bundle import DataBundle, FileSplit
 from cnnzoo.data.splits import split_counts, stratified_order
 from cnnzoo.errors import DataError, UsageError
 

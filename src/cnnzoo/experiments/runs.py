@@ -229,8 +229,8 @@ class TestCurve(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         from cnnzoo.analysis.metrics import evaluate_model
+        from cnnzoo.checkpoint import atomic_write_bytes
         from cnnzoo.data import make_loader
-        from cnnzoo.train.checkpoint import atomic_write_bytes
 
         trainer = self.trainer
         assert trainer is not None

@@ -291,9 +291,9 @@ def run_zoo_table(
     ``zoo_table.json`` there; the record."""
     from cnnzoo.analysis.flops import count_macs
     from cnnzoo.machine import usable_cores
+    from cnnzoo.progress import each_with_bar
     from cnnzoo.registry import list_models, unknown_model_message
     from cnnzoo.rundir import input_size_of, load_run
-    from cnnzoo.train.progress import each_with_bar
 
     check_positive("epochs", epochs)
     check_positive("subset", subset)

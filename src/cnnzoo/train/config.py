@@ -440,7 +440,7 @@ class TrainConfig:
 
     def save(self, path: str | Path, **facts: Any) -> None:
         """Write config.json; ``facts`` (keys in RUN_FACT_KEYS) describe the data for readers."""
-        from cnnzoo.train.checkpoint import atomic_write_bytes
+        from cnnzoo.checkpoint import atomic_write_bytes
 
         text = json.dumps({**self.to_dict(), **facts}, indent=2, sort_keys=True) + "\n"
         atomic_write_bytes(Path(path), text.encode())

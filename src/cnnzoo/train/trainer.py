@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzoo.checkpoint import defer_sigint
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
+from cnnzoo.progress import RunLog
 from cnnzoo.registry import fit_channel_stats
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
 from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
-from cnnzoo.train.checkpoint import defer_sigint
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
 from cnnzoo.train.freeze import freeze_backbone_norms, set_backbone_frozen
@@ -36,7 +37,6 @@ from cnnzoo.train.history import History, epoch_logs
 from cnnzoo.train.mixing import mix_batch
 from cnnzoo.train.optim import LRSchedule, ModelEma, build_optimizer
 from cnnzoo.train.planning import build_model, imagenet_stats, make_loaders, plan_run
-from cnnzoo.train.progress import RunLog
 
 __all__ = ["Trainer", "TrainingDiverged"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cnnzoo.progress import EpochBar
 from cnnzoo.train.callbacks.base import Callback
-from cnnzoo.train.progress import EpochBar
 
 __all__ = ["ProgressBar"]
 
