@@ -33,7 +33,7 @@ data:
 # LeNet-5 on Fashion-MNIST with the time-to-accuracy recipe (src/cnnzoo/recipes/
 # lenet5_fashion_mnist.yaml): about a minute on 2 CPU cores, ~91 %.
 demo: $(STAMP) data
-	$(BIN)/cnnzoo train --recipe lenet5_fashion_mnist --output-dir $(RUN) --overwrite
+	$(BIN)/cnnzoo train --model lenet5 --dataset fashion_mnist --output-dir $(RUN) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -52,11 +52,14 @@ def test_shipped_recipes_are_valid_and_feed_the_defaults() -> None:
     )
     for name in recipe_names():
         TrainConfig(**load_recipe(name)).resolved().validate()
-    # The default recipe for LeNet on Fashion-MNIST is the shipped 91 % recipe.
+    # The default recipe for LeNet on Fashion-MNIST is the shipped 91 % recipe, trained for
+    # longer: the recipe uses all 60,000 images, the default holds 10 % out for validation.
     tuned = load_recipe("lenet5_fashion_mnist")
     default = TrainConfig(model="lenet5", dataset="fashion_mnist").resolved()
+    assert default.val_split == 0.1 and default.epochs == 16 > tuned["epochs"]
     for key, value in tuned.items():
-        assert getattr(default, key) == value, key
+        if key != "epochs":
+            assert getattr(default, key) == value, key
 
 
 def test_defaults_come_from_one_table_and_yield_to_the_user() -> None:

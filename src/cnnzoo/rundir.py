@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -58,6 +59,7 @@ __all__ = [
     "load_run",
     "normalization_of",
     "resolve_run",
+    "resumed_config",
     "run_transform",
     "weights_metadata",
 ]
@@ -86,6 +88,21 @@ RUN_FILES = (
 )  # fmt: skip
 EVENTS = "events.out.tfevents.*"
 LOCK_FILE = ".cnnzoo.lock"
+
+
+def resumed_config(config: TrainConfig, overrides: Any = None) -> TrainConfig:
+    """The config of the run ``config.resume`` names, with the fields of ``RESUME_OVERRIDES``
+    that are in ``overrides`` (by default: those set away from their defaults) taken from
+    ``config``."""
+    from cnnzoo.train.config import RESUME_OVERRIDES, TrainConfig
+
+    run = RunDir(config.resume)  # type: ignore[arg-type]
+    if overrides is None:
+        defaults = TrainConfig()
+        overrides = [n for n in RESUME_OVERRIDES if getattr(config, n) != getattr(defaults, n)]
+    chosen = {name: getattr(config, name) for name in RESUME_OVERRIDES if name in overrides}
+    return dataclasses.replace(run.read_config(), **chosen, resume=str(run.path),
+                               output_dir=str(run.path), overwrite=False)  # fmt: skip
 
 
 def is_run_config(path: Path) -> bool:

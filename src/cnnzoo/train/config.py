@@ -369,22 +369,6 @@ class TrainConfig:
             found.append(cb.Plots())
         return found
 
-    def resumed(self, overrides: Any = None) -> TrainConfig:
-        """The config of the run ``self.resume`` names, with the fields of RESUME_OVERRIDES that
-        are in ``overrides`` (by default: those set away from their defaults) taken from here."""
-        from cnnzoo.rundir import RunDir
-
-        run = RunDir(self.resume)  # type: ignore[arg-type]
-        defaults = TrainConfig()
-        chosen = {
-            name: getattr(self, name)
-            for name in RESUME_OVERRIDES
-            if (name in overrides if overrides is not None
-                else getattr(self, name) != getattr(defaults, name))  # fmt: skip
-        }
-        return dataclasses.replace(run.read_config(), **chosen, resume=str(run.path),
-                                   output_dir=str(run.path), overwrite=False)  # fmt: skip
-
     def resolved(self, data: Any = None) -> TrainConfig:
         """A copy with every ``None`` the default recipe decides filled in (what config.json
         records). ``data`` (a DataBundle) stands in for ``dataset`` when given."""

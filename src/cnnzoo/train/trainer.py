@@ -25,7 +25,7 @@ from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
 from cnnzoo.registry import fit_channel_stats
-from cnnzoo.rundir import RunDir, data_facts, default_run_dir, weights_metadata
+from cnnzoo.rundir import RunDir, data_facts, default_run_dir, resumed_config, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
 from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
@@ -64,7 +64,7 @@ class Trainer:
     ) -> None:
         config.validate()
         if config.resume:
-            config = config.resumed(overrides)
+            config = resumed_config(config, overrides)
         self.defaults = config.chosen_by_default(data)
         self.config = config.resolved(data)
         self.config.validate()
