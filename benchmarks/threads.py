@@ -1,6 +1,6 @@
 """CPU threads under a competing load: how fast LeNet-5 trains with 1 thread, with every core,
-and with cnnzoo's default (the cores the 1-minute load average leaves free), with the machine
-as it is and with ``--spinners`` extra busy processes competing for the cores.
+and with cnnzoo's default (the cores other processes leave free, sampled over 0.1 s), with the
+machine as it is and with ``--spinners`` extra busy processes competing for the cores.
 
 Each measurement is a fresh process (OpenMP reads its settings when torch loads) that times
 ``--steps`` training steps of LeNet-5 on Fashion-MNIST after a short warm-up; the variants are
