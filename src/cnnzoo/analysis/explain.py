@@ -25,9 +25,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+# Captum has no Grad-CAM++; ours reuses the layer-gradient helper that its LayerGradCam is
+# built on, which Captum does not export (hence the pin in pyproject.toml).
 from captum._utils.gradient import compute_layer_gradients_and_eval
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
-from captum.attr._utils.attribution import GradientAttribution
+from captum.attr import (
+    GradientAttribution,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    Occlusion,
+)
 from matplotlib.figure import Figure
 from torch import nn
 
