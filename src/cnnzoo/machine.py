@@ -98,7 +98,8 @@ def header(info: dict[str, Any]) -> str:
     """The machine as two or three human lines, for the top of a result's output."""
     load = info.get("load_average")
     lines = [
-        f"machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads"
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch "
+        f"thread{'' if info['torch_threads'] == 1 else 's'}"
         + (f", load average {load[0]:.1f}" if load else "")
         + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"),
         f"software: Python {info['python']}, torch {info['torch']}, "
