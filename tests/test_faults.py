@@ -394,8 +394,14 @@ def test_ctrl_c_right_after_start_is_one_line_and_130() -> None:
     import sys
     import time
 
+    # A shell starts background jobs with SIGINT ignored and children inherit it; a user at a
+    # terminal has the default disposition.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "cnnzoo", "verify", "*"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     time.sleep(0.5)  # the interpreter is up; torch is loading or the command has begun
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
