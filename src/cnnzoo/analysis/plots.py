@@ -379,8 +379,16 @@ def plot_accuracy_vs_macs(rows: Sequence[Mapping[str, Any]], out_png: str | Path
     xs = [g for _, g, _ in points]
     ys = [a * scale for _, _, a in points]
     ax.scatter(xs, ys, s=30, zorder=3)
+    # Labels go above and to the right; a point whose label would land on an earlier one (nets
+    # of equal cost and near-equal accuracy, such as resnet20 and plain20) gets it below.
+    span = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
     for (name, _, _), x, y in zip(points, xs, ys, strict=True):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        clash = any(abs(math.log10(x / px)) < 0.15 and abs(y - py) < 0.04 * span
+                    for px, py in placed)  # fmt: skip
+        offset = (4, -11) if clash else (4, 4)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+        placed.append((x, y))
     ax.set_xscale("log")
     ax.set_xlabel("multiply-adds (GMACs, log scale)")
     ax.set_ylabel("test accuracy (%)")

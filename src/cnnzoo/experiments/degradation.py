@@ -30,6 +30,7 @@ from cnnzoo.experiments.runs import (
     check_positive,
     estimated_seconds,
     markdown_table,
+    minutes_or_hours,
     provenance,
     provenance_lines,
     subset_data_dir,
@@ -45,12 +46,15 @@ DEFAULT_DEPTHS = (20, 56)
 DEFAULT_EPOCHS = 20
 SCHEDULES = ("step", "cosine")
 
-# Images/s of each net with the recipe above (see runs.MEASURED_ON), for `cnnzoo experiment list`.
+# Images/s of each net with the recipe above (see runs.MEASURED_ON), for `cnnzoo experiment list`:
+# training, the median epoch of the committed run (plain20 and resnet20: the zoo-table's runs,
+# which shared the machine less); inference, the zoo-table's timed loop (plain56: resnet56's,
+# scaled as plain20 is to resnet20).
 RATES: dict[str, Rates] = {
-    "plain20": Rates(train=123.9, infer=371.9),
-    "resnet20": Rates(train=82.1, infer=349.1),
-    "plain56": Rates(train=19.8, infer=117.8),
-    "resnet56": Rates(train=14.3, infer=88.5),
+    "plain20": Rates(train=811.5, infer=3082.8),
+    "resnet20": Rates(train=733.1, infer=2859.3),
+    "plain56": Rates(train=270.2, infer=1079.8),
+    "resnet56": Rates(train=262.2, infer=1001.5),
 }
 
 
@@ -316,7 +320,7 @@ def duration() -> str:
     return (
         f"estimated from images/s {MEASURED_ON}: {full / 60:.0f} min per epoch of "
         f"{', '.join(nets)} on all of Fashion-MNIST; the defaults ({size:,} images, "
-        f"{DEFAULT_EPOCHS} epochs) about {defaults / 3600:.1f} h"
+        f"{DEFAULT_EPOCHS} epochs) about {minutes_or_hours(defaults)}"
     )
 
 

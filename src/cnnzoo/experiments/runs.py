@@ -42,6 +42,7 @@ __all__ = [
     "check_positive",
     "estimated_seconds",
     "markdown_table",
+    "minutes_or_hours",
     "provenance",
     "read_history",
     "subset_data_dir",
@@ -73,17 +74,16 @@ SUBSET_DATASETS = ("fashion_mnist", "mnist", "cifar10")
 # either experiment takes days on a busy 2-core CPU (see `cnnzoo experiment list`).
 DEFAULT_SUBSET: int | None = 10_000
 
-# Where and how the Rates in the experiments' modules were measured: each model's first 30
-# training steps (after 3 warm-up steps) and 5 test batches of 256, through the trainer, on
-# full-size Fashion-MNIST with the experiment's recipe.
+# Where the Rates in the experiments' modules come from: the runs committed under docs/results.
 MEASURED_ON = (
-    "measured 2026-11-30 on a 2-core AMD EPYC shared with other jobs (load average 8-13), "
-    "torch 2.14.1, 2 threads"
+    "measured 2026-11-30 in the runs of docs/results (a 2-core AMD EPYC, torch 2.14.1, "
+    "1 thread, another 1-thread training on the other core)"
 )
-# Whole epochs timed there later, busier still: how far to trust those estimates.
+# How far to trust those estimates: the whole runs, timed.
 CALIBRATION = (
-    "whole epochs timed there took up to 2.4x the estimate (plain20 1,201 s against 511 s, "
-    "resnet20 1,326 s against 760 s; lenet_caffe 129 s against 130 s)"
+    "the defaults with --num-threads 1 took 47.7 min (degradation) and 30.6 min (zoo-table) of "
+    "wall time there, against the 42 min and 26 min estimated (not timed with 2 threads on an "
+    "idle machine)"
 )
 
 
@@ -101,6 +101,11 @@ def estimated_seconds(
     """Seconds for ``epochs`` epochs of every model: ``trained`` images through a training step
     and ``scored`` through the network in eval mode per epoch, at the measured rates."""
     return epochs * sum(trained / rates[m].train + scored / rates[m].infer for m in models)
+
+
+def minutes_or_hours(seconds: float) -> str:
+    """``42 min`` below two hours, ``2.9 h`` above."""
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def check_positive(name: str, value: int | None) -> None:

@@ -29,6 +29,7 @@ from cnnzoo.experiments.runs import (
     check_positive,
     estimated_seconds,
     markdown_table,
+    minutes_or_hours,
     provenance,
     provenance_lines,
     subset_data_dir,
@@ -69,18 +70,19 @@ SPEED_SECONDS = 2.0  # timed loop per measurement, after a 2-call warm-up
 SPEED_FILE = "speed.json"
 
 # Images/s of each default model with its default recipe (see runs.MEASURED_ON), for
-# `cnnzoo experiment list`.
+# `cnnzoo experiment list`: training, the median epoch of its committed run (data loading
+# included); inference, the run's timed loop.
 RATES: dict[str, Rates] = {
-    "lenet5": Rates(train=241.7, infer=2523.8),
-    "lenet_caffe": Rates(train=424.3, infer=2433.9),
-    "resnet20": Rates(train=32.3, infer=366.5),
-    "resnet56": Rates(train=19.5, infer=106.0),
-    "plain20": Rates(train=76.5, infer=318.5),
-    "mobilenet_v2": Rates(train=31.9, infer=340.3),
-    "shufflenet_v2_x1_0": Rates(train=69.3, infer=949.0),
-    "efficientnet_b0": Rates(train=21.4, infer=347.0),
-    "resnet18": Rates(train=75.8, infer=373.8),
-    "vgg11_bn": Rates(train=47.9, infer=225.5),
+    "lenet5": Rates(train=14374.9, infer=41741.9),
+    "lenet_caffe": Rates(train=5950.8, infer=21073.7),
+    "resnet20": Rates(train=733.1, infer=2859.3),
+    "resnet56": Rates(train=261.5, infer=1001.5),
+    "plain20": Rates(train=811.5, infer=3082.8),
+    "mobilenet_v2": Rates(train=299.6, infer=1759.7),
+    "shufflenet_v2_x1_0": Rates(train=758.1, infer=2866.6),
+    "efficientnet_b0": Rates(train=216.4, infer=1185.9),
+    "resnet18": Rates(train=78.1, infer=257.7),
+    "vgg11_bn": Rates(train=221.6, infer=735.8),
 }
 
 
@@ -405,7 +407,7 @@ def duration() -> str:
     return (
         f"estimated from images/s {MEASURED_ON}: {full / 60:.0f} min per epoch of the "
         f"{len(DEFAULT_MODELS)} default models on all of Fashion-MNIST; the defaults "
-        f"({size:,} images, {DEFAULT_EPOCHS} epochs) about {defaults / 3600:.1f} h, plus a "
+        f"({size:,} images, {DEFAULT_EPOCHS} epochs) about {minutes_or_hours(defaults)}, plus a "
         "test pass and a few seconds of speed measurement per model"
     )
 
