@@ -322,15 +322,19 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch) -> None:
 
 
 def test_busy_cores_are_measured_now_not_from_the_last_minute() -> None:
-    """A process spinning on one core while we sample counts as one busy core; our own work
-    during the sample does not; once it has exited, nothing counts (the load average would
-    still show it for a minute)."""
+    """A process spinning on one core while we sample counts as about one more busy core; our
+    own work during the sample does not; once it has exited it no longer counts (the load
+    average would still show it for a minute). Other load on the machine is the baseline."""
+    import os
     import subprocess
     import sys
     import time
 
     from cnnzoo.train.hardware import _busy_others
 
+    baseline = _busy_others()
+    assert baseline is not None
+    room = min(1.0, (os.cpu_count() or 1) - baseline)  # what one spinner can add here
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
@@ -338,10 +342,11 @@ def test_busy_cores_are_measured_now_not_from_the_last_minute() -> None:
     finally:
         spinner.kill()
         spinner.wait()
-    assert busy is not None and busy >= 0.7
     time.sleep(0.2)
-    quiet = _busy_others()
-    assert quiet is not None and quiet < busy - 0.5
+    after = _busy_others()
+    assert busy is not None and after is not None
+    assert busy >= baseline + room - 0.4
+    assert after <= busy - room + 0.4
 
 
 def test_an_unreadable_image_is_reported_every_epoch(tmp_path: Path) -> None:

@@ -31,6 +31,47 @@ def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]
     return fit_channel_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
 
 
+def input_statistics(cfg: Any, bundle: Any, spec: Any) -> tuple[tuple, tuple, Any]:
+    """(mean, std, config) for a run's inputs. Pretrained weights expect the statistics they
+    were trained with: a named weight's own (``spec``, whose model options join the config's),
+    ImageNet's for a weights file; otherwise the data's own."""
+    from dataclasses import replace
+
+    from cnnzoo.registry import fit_channel_stats
+
+    if spec is not None:
+        mean, std = fit_channel_stats(spec.mean, spec.std, bundle.channels)
+        return mean, std, replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
+    if cfg.weights:
+        return (*imagenet_stats(bundle.channels), cfg)
+    return bundle.mean, bundle.std, cfg
+
+
+def load_initial_weights(
+    model: Any, weights: str, spec: Any, log: Any, progress: bool = True
+) -> None:
+    """Start from --weights: a weight name (``spec``: from the cache, downloaded unless offline)
+    or a .pth / .safetensors file; what happened goes to ``log``."""
+    import warnings
+
+    from cnnzoo.pretrained import load_pretrained
+    from cnnzoo.weights import load_weights
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if spec is not None:
+            load_pretrained(model, spec, progress=progress)
+        else:
+            load_weights(model, weights)
+    for warning in caught:
+        log(f"weights: {warning.message}")
+    if spec is not None:
+        what, stats = f"{spec.source} weights {spec.name} ({spec.dataset})", "their own statistics"
+    else:
+        what, stats = weights, "ImageNet statistics"
+    log(f"weights: loaded {what}; inputs normalised with {stats}")
+
+
 def _accepts(model: Any, channels: int, height: int, width: int) -> bool:
     try:
         model.check_input(torch.empty(1, channels, height, width, device="meta"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -24,7 +23,6 @@ from cnnzoo.checkpoint import defer_sigint
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
-from cnnzoo.registry import fit_channel_stats
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, resumed_config, weights_metadata
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
@@ -36,7 +34,13 @@ from cnnzoo.train.hardware import TorchSettings, amp_dtype, default_threads, res
 from cnnzoo.train.history import History, epoch_logs
 from cnnzoo.train.mixing import mix_batch
 from cnnzoo.train.optim import LRSchedule, ModelEma, build_optimizer
-from cnnzoo.train.planning import build_model, imagenet_stats, make_loaders, plan_run
+from cnnzoo.train.planning import (
+    build_model,
+    input_statistics,
+    load_initial_weights,
+    make_loaders,
+    plan_run,
+)
 
 __all__ = ["Trainer", "TrainingDiverged"]
 
@@ -120,18 +124,8 @@ class Trainer:
             split=cfg.split_parts(), seed=cfg.seed,
         )  # fmt: skip
         self.bundle = bundle
-        # Pretrained weights expect the statistics they were trained with: a named weight's own,
-        # ImageNet's for a weights file.
         self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
-        if self.weight_spec is not None:
-            spec = self.weight_spec
-            stats = fit_channel_stats(spec.mean, spec.std, bundle.channels)
-            cfg = replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
-        elif cfg.weights:
-            stats = imagenet_stats(bundle.channels)
-        else:
-            stats = (bundle.mean, bundle.std)
-        self.mean, self.std = stats
+        self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec)
         plan = plan_run(cfg, bundle, self.given_model)
         self.model_kwargs, self.image_size, self.input_note = plan
         self.facts = data_facts(bundle, self.mean, self.std, self.image_size, self.input_note)
@@ -145,7 +139,8 @@ class Trainer:
         model = self.given_model or build_model(cfg.model, bundle, self.model_kwargs)
         resuming = bool(cfg.resume) and self.run.has_checkpoint("last")
         if cfg.weights and not resuming:
-            self._load_initial_weights(model, cfg.weights)
+            load_initial_weights(model, cfg.weights, self.weight_spec, self.log,
+                                 progress=self.dist.is_main)  # fmt: skip
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.num_params = sum(p.numel() for p in model.parameters())
@@ -175,28 +170,6 @@ class Trainer:
             # and `predict` rebuild exactly this network.
             recorded = replace(cfg, model_kwargs=self.model_kwargs, resume=None, overwrite=False)
             self.run.write_config(recorded, self.facts)
-
-    def _load_initial_weights(self, model: nn.Module, weights: str) -> None:
-        """Start from --weights: a weight name (from the cache, downloaded unless offline) or a
-        .pth / .safetensors file."""
-        from cnnzoo.pretrained import load_pretrained
-        from cnnzoo.weights import load_weights
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if self.weight_spec is not None:
-                load_pretrained(model, self.weight_spec, progress=self.dist.is_main)
-            else:
-                load_weights(model, weights)
-        for warning in caught:
-            self.log(f"weights: {warning.message}")
-        if self.weight_spec is not None:
-            spec = self.weight_spec
-            what = f"{spec.source} weights {spec.name} ({spec.dataset})"
-            stats = "their own statistics"
-        else:
-            what, stats = weights, "ImageNet statistics"
-        self.log(f"weights: loaded {what}; inputs normalised with {stats}")
 
     def _wrap(self) -> None:
         """The module the loop calls: the model, under DDP and/or torch.compile when asked."""
