@@ -42,6 +42,7 @@ from cnnzoo.checkpoint import (
 )
 from cnnzoo.data.transforms import FOLDER_CROP_FRACTION, EvalTransform
 from cnnzoo.errors import CnnzooError, UsageError, WeightsError
+from cnnzoo.registry import fit_channel_stats
 
 if TYPE_CHECKING:
     from cnnzoo.models.base import ZooModel
@@ -546,14 +547,10 @@ def normalization_of(
     model: ZooModel, config: dict[str, Any], channels: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std, shaped (1, C, 1, 1), from the run (else the model's defaults)."""
-    stats = []
-    for key in ("mean", "std"):
-        values = config.get(key) or model.default_cfg[key]
-        values = [float(v) for v in values]
-        if len(values) != channels:
-            values = [sum(values) / len(values)] * channels
-        stats.append(torch.tensor(values).view(1, channels, 1, 1))
-    return stats[0], stats[1]
+    mean = config.get("mean") or model.default_cfg["mean"]
+    std = config.get("std") or model.default_cfg["std"]
+    mean, std = fit_channel_stats([float(v) for v in mean], [float(v) for v in std], channels)
+    return torch.tensor(mean).view(1, channels, 1, 1), torch.tensor(std).view(1, channels, 1, 1)
 
 
 def class_names_of(config: dict[str, Any], num_classes: int) -> list[str]:
