@@ -115,23 +115,16 @@ def _inside_run(checkpoint: Path) -> bool:
 
 
 def _from_run(path: Path) -> InferenceModel:
-    from cnnzoo.rundir import class_names_of, load_run, run_transform
+    from cnnzoo.rundir import load_run
 
     model, config = load_run(path)
-    transform = run_transform(config, model)
     run_dir, checkpoint = Path(config["run_dir"]), Path(config["checkpoint"])
-    return InferenceModel(
-        model=model,
-        name=str(config["model"]),
-        class_names=class_names_of(config, model.num_classes),
-        channels=int(config["in_chans"]),
-        input_size=(transform.size, transform.size),
-        preprocess=transform,
-        mean=transform.mean,
-        std=transform.std,
-        description=f"run {run_dir} ({checkpoint.name})",
+    return _prepared_as_config(
+        model,
+        str(config["model"]),
+        config,
+        f"run {run_dir} ({checkpoint.name})",
         run_dir=run_dir,
-        config=config,
         # Everything the run wrote that holds weights or settings: export never writes over it.
         files=[
             checkpoint,
@@ -264,10 +257,17 @@ def _generic(
 ) -> InferenceModel:
     """A model without a run or named weights: the model's own size and statistics, or what
     ``config`` (metadata a file carried) says."""
-    from cnnzoo.rundir import class_names_of, run_transform
-
     config = {k: v for k, v in (config or {}).items() if v is not None}
     config.setdefault("in_chans", model.default_cfg["input_size"][0])
+    return _prepared_as_config(model, name, config, description, trained=trained)
+
+
+def _prepared_as_config(
+    model: nn.Module, name: str, config: dict[str, Any], description: str, **extra: Any
+) -> InferenceModel:
+    """``model`` with the classes and the evaluation transform a run config describes."""
+    from cnnzoo.rundir import class_names_of, run_transform
+
     transform = run_transform(config, model)
     return InferenceModel(
         model=model,
@@ -280,7 +280,7 @@ def _generic(
         std=transform.std,
         description=description,
         config=config,
-        trained=trained,
+        **extra,
     )
 
 

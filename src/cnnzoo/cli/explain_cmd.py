@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cnnzoo.cli.options import WEIGHTS_HELP, positive_int
+from cnnzoo.cli.options import add_source_arguments, positive_int
 from cnnzoo.errors import UsageError
 from cnnzoo.train.hardware import resolve_device
 
@@ -21,7 +21,6 @@ Preprocess = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def register(subparsers: Any) -> None:
-    source_help = "a run directory, a checkpoint inside one, or a model name (with --weights)"
     p = subparsers.add_parser(
         "explain",
         help="heat maps of where a model looked: Grad-CAM, Grad-CAM++, integrated gradients...",
@@ -32,9 +31,8 @@ def register(subparsers: Any) -> None:
             "attribute to pixels."
         ),
     )
-    p.add_argument("source", metavar="SOURCE", help=source_help)
+    add_source_arguments(p)
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
     p.add_argument("--method", choices=METHODS, default="gradcam")
     p.add_argument(
         "--target", default="top", help="'top' (the predicted class), a class name or an index"
@@ -52,9 +50,8 @@ def register(subparsers: Any) -> None:
         help="the strongest feature maps of each stage for one image",
         description="A grid, one row per feature stage, of the channels most active on IMAGE.",
     )
-    p.add_argument("source", metavar="SOURCE", help=source_help)
+    add_source_arguments(p)
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
     p.add_argument(
         "--stages", nargs="+", help="stage names or indices (negative from the end); default all"
     )
@@ -67,8 +64,7 @@ def register(subparsers: Any) -> None:
         help="the first convolution's kernels as an image grid",
         description="Draw the first convolution's kernels (in colour for RGB stems).",
     )
-    p.add_argument("source", metavar="SOURCE", help=source_help)
-    p.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
+    add_source_arguments(p)
     p.add_argument("--out", required=True, help="a .png file or a folder")
     p.set_defaults(run=run_filters)
 
