@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ __all__ = [
     "CheckpointWriteError",
     "atomic_write_bytes",
     "checkpoint_exists",
-    "defer_sigint",
     "load_checkpoint",
     "save_checkpoint",
     "weights_bytes",
@@ -100,30 +97,6 @@ def remove_stale_temps(directory: Path) -> None:
     """Delete temp files a killed writer left behind (never the real checkpoints)."""
     for leftover in directory.glob(f".*{TMP_MARK}*"):
         leftover.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def defer_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C and SIGTERM while a checkpoint is written; they take effect right after.
-
-    Ctrl-C then raises KeyboardInterrupt; SIGTERM is sent again to the restored handler (the CLI
-    turns it into :class:`cnnzoo.errors.Terminated`; without a handler it ends the process).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda n, _: pending.append(n)) for signum in held}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if signal.SIGTERM in pending:
-            signal.raise_signal(signal.SIGTERM)
-        if pending:
-            raise KeyboardInterrupt
 
 
 def weights_bytes(weights: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:

@@ -20,6 +20,7 @@ from cnnzoo.errors import (
     Terminated,
     UsageError,
 )
+from cnnzoo.signals import defer_sigint
 
 # Each module defines `register(subparsers)`, which adds its commands with `set_defaults(run=fn)`;
 # `fn(args) -> int` is the exit status.
@@ -111,7 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     command = None
     try:
-        parser = build_parser()  # imports torch: Ctrl-C here is an interrupt like any other
+        # Building the parser imports torch and the command modules. A KeyboardInterrupt in the
+        # middle of an import can be swallowed by the library being imported and leave it half
+        # initialised (measured: the command then ran to the end, or failed with "cannot load
+        # module more than once"), so Ctrl-C is held until the imports are done.
+        with defer_sigint():
+            parser = build_parser()
         args = parser.parse_args(argv)
         command, debug = args.command, args.debug
         _one_line_warnings(command)

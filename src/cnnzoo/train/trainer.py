@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzoo.checkpoint import defer_sigint
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
 from cnnzoo.rundir import RunDir, data_facts, default_run_dir, resumed_config, weights_metadata
+from cnnzoo.signals import defer_sigint
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
 from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
