@@ -78,6 +78,7 @@ class GraphNode:
     params: int  # parameters of the module (0 on its second call: they are shared)
     macs: int  # multiply-adds of this call for one image
     detail: str  # the module's settings (kernel, stride, ...), as its repr shows them
+    summary: str = ""  # a few words for the diagram: "conv 3x3, 64, /2", "+", "concat"
     block: str | None = None  # innermost block containing the node
     box: int = 0  # the drawing box it shares with the element-wise layers after it
     stage: int | None = None  # index in the model's feature_info when the node ends a stage
@@ -342,6 +343,7 @@ def _build(
                 params=params,
                 macs=macs,
                 detail=module.extra_repr(),
+                summary=_module_summary(module),
             )
         else:
             function = _function_name(fx_node)
@@ -359,6 +361,7 @@ def _build(
                 params=0,
                 macs=macs,
                 detail="",
+                summary=FUNCTION_SUMMARIES.get(function, function),
             )
         if found is not None:
             spatial = tuple(value.shape[-2:]) if found.axes is not None else None
@@ -389,6 +392,45 @@ def _build(
         fields=fields,
     )
     return graph
+
+
+FUNCTION_SUMMARIES = {"add": "+", "mul": "×", "cat": "concat", "getitem": "slice", "pad": "pad",
+                      "flatten": "flatten", "adaptive_avg_pool2d": "global avg pool"}  # fmt: skip
+
+
+def _sides(value: Any) -> str:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    return str(values[0]) if len(set(values)) == 1 else "×".join(str(v) for v in values)
+
+
+def _module_summary(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        text = f"conv {'×'.join(map(str, module.kernel_size))}, {module.out_channels}"
+        if tuple(module.stride) != (1, 1):
+            text += f", /{_sides(module.stride)}"
+        if module.groups > 1:
+            depthwise = module.groups == module.in_channels
+            text += ", depthwise" if depthwise else f", {module.groups} groups"
+        return text
+    if isinstance(module, nn.Linear):
+        return f"dense {module.out_features}"
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        kind = "max" if isinstance(module, nn.MaxPool2d) else "avg"
+        stride = module.stride or module.kernel_size
+        return f"{kind} pool {_sides(module.kernel_size)}, /{_sides(stride)}"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        size = module.output_size
+        kind = "avg" if isinstance(module, nn.AdaptiveAvgPool2d) else "max"
+        if size in (1, (1, 1)):
+            return f"global {kind} pool"
+        return f"adaptive {kind} pool to {_sides(size)}"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batch norm"
+    if isinstance(module, nn.LocalResponseNorm):
+        return "local response norm"
+    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
+        return f"dropout {module.p:g}"
+    return type(module).__name__.lower()
 
 
 def _within(path: str, module: str) -> bool:
