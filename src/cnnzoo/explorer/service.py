@@ -360,6 +360,7 @@ class Explorer:
             heat = attribution_maps(loaded.model, batch, [index], method, used)[0]
             return {
                 "heat": heat,
+                "empty": bool(heat.max() <= 0),  # no positive evidence anywhere
                 "target": index,
                 "label": loaded.class_names[index],
                 "probability": float(probs[index]),

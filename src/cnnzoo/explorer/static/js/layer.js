@@ -91,7 +91,7 @@ function drawMaps(data) {
       const image = el("img", {
         src: tile.png, alt: `channel ${tile.channel}, mean ${num(tile.mean, 3)}`,
         title: `channel ${tile.channel} · mean ${num(tile.mean, 3)} · click a unit`,
-        "data-testid": "activation-map", "data-channel": tile.channel, tabindex: 0,
+        "data-testid": "activation-map", "data-channel": tile.channel, "data-mean": tile.mean, tabindex: 0,
       });
       image.addEventListener("click", (event) => {
         const [h, w] = data.shape.slice(1);

@@ -211,7 +211,8 @@ async function updateCam() {
   cam.hidden = !$("#cam-show").checked;
   cam.style.opacity = String($("#cam-opacity").value / 100);
   const where = result.layer ? ` at ${result.layer}` : "";
-  $("#cam-note").textContent = `${method}${where}: evidence for “${result.label}” (p = ${result.probability.toFixed(4)}) · ${result.cached ? "cached" : `${(result.seconds * 1000).toFixed(0)} ms`}`;
+  const empty = result.empty ? " — none of it is positive here: try another layer or method" : "";
+  $("#cam-note").textContent = `${method}${where}: evidence for “${result.label}” (p = ${result.probability.toFixed(4)})${empty} · ${result.cached ? "cached" : `${(result.seconds * 1000).toFixed(0)} ms`}`;
 }
 
 function updateCompare() {
