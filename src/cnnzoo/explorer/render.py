@@ -44,6 +44,12 @@ def quantize(maps: torch.Tensor, low: float, high: float) -> np.ndarray:
     return scaled.to(torch.uint8).numpy()
 
 
+def palette(cmap: str = MAP_CMAP) -> str:
+    """The colour map's 256 colours as one hex string (6 digits each), for the page to colour
+    grey tiles itself: a grey PNG is a third of a coloured one."""
+    return "".join(f"{r:02x}{g:02x}{b:02x}" for r, g, b in _lut(cmap).tolist())
+
+
 def coloured_png(levels: np.ndarray, cmap: str = MAP_CMAP) -> bytes:
     """(H, W) uint8 levels through a colour map."""
     return png_bytes(_lut(cmap)[levels])

@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 MAX_PER_PAGE = 128
 DEFAULT_PER_PAGE = 32
+# Map pixels per page: 16 maps of 224 x 224 (VGG's first layers), 32 of 112 x 112. Bigger pages
+# only make the page wait longer for maps nobody has scrolled to yet.
+PAGE_PIXELS = 16 * 224 * 224
 
 
 class NotFound(CnnzooError):
@@ -268,6 +271,8 @@ class Explorer:
         start = time.perf_counter()
         found, cached = await self._layer(served, image_id, layer)
         output, order = found["output"], found["order"]
+        if found["spatial"]:
+            per_page = max(1, min(per_page, PAGE_PIXELS // output[0].numel()))
         pages = max(1, -(-len(order) // per_page))
         if not 0 <= page < pages:
             raise UsageError(f"page {page} of {layer}: it has pages 0..{pages - 1}")
@@ -287,13 +292,14 @@ class Explorer:
                 "channels": len(order),
             }
             if found["spatial"]:
+                answer["palette"] = render.palette()  # tiles are grey levels 0..255
                 levels = render.quantize(output[chosen], found["low"], found["high"])
                 answer["tiles"] = await asyncio.to_thread(
                     lambda: [
                         {
                             "channel": channel,
                             "mean": float(output[channel].mean()),
-                            "png": render.data_url(render.coloured_png(tile)),
+                            "png": render.data_url(render.png_bytes(tile)),
                         }
                         for channel, tile in zip(chosen, levels, strict=True)
                     ]

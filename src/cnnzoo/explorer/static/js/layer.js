@@ -6,7 +6,6 @@ import { $, count, el, latest, num, shapeText, showError, track } from "./ui.js"
 const PER_PAGE = 32;
 let view = null; // { model, image, node, page, data, channel, y, x, seenUrl }
 const newest = latest();
-let legendColours = null;
 
 function facts(node, graph) {
   const rows = [
@@ -66,19 +65,39 @@ export async function showLayer(state, nodeId, page = 0) {
 }
 
 function legend(data) {
-  if (!legendColours) {
-    const stops = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
-    legendColours = `linear-gradient(90deg, ${stops.join(", ")})`;
-  }
-  $("#legend-bar").style.background = legendColours;
+  const colours = [0, 64, 128, 192, 255].map((i) => `#${data.palette.slice(6 * i, 6 * i + 6)}`);
+  $("#legend-bar").style.background = `linear-gradient(90deg, ${colours.join(", ")})`;
   $("#legend-low").textContent = num(data.low, 3);
   $("#legend-high").textContent = num(data.high, 3);
+}
+
+// Colours a grey tile (levels 0..255 on the layer's scale) into `canvas`; `palette` holds the
+// 256 colours as R, G, B bytes.
+async function paint(canvas, url, palette) {
+  const image = new Image();
+  image.src = url;
+  await image.decode();
+  canvas.width = image.naturalWidth;
+  canvas.height = image.naturalHeight;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(image, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    const at = data[i] * 3;
+    data[i] = palette[at];
+    data[i + 1] = palette[at + 1];
+    data[i + 2] = palette[at + 2];
+    data[i + 3] = 255;
+  }
+  context.putImageData(pixels, 0, 0);
 }
 
 function drawMaps(data) {
   const head = $("#maps-head");
   head.hidden = false;
-  legend(data);
+  $(".legend").hidden = !data.palette;
+  if (data.palette) legend(data);
   const first = data.page * data.per_page;
   const last = Math.min(first + data.per_page, data.channels);
   $("#page-text").textContent = `${data.kind === "maps" ? "channels" : "values"} ${first + 1}–${last} of ${data.channels}, strongest first · ${data.cached ? "cached" : `${(data.compute_seconds * 1000).toFixed(0)} ms`}`;
@@ -87,9 +106,10 @@ function drawMaps(data) {
   const maps = $("#maps");
   if (data.kind === "maps") {
     maps.className = "maps";
+    const palette = Uint8ClampedArray.from({ length: 768 }, (_, i) => parseInt(data.palette.slice(2 * i, 2 * i + 2), 16));
     maps.replaceChildren(...data.tiles.map((tile) => {
-      const image = el("img", {
-        src: tile.png, alt: `channel ${tile.channel}, mean ${num(tile.mean, 3)}`,
+      const image = el("canvas", {
+        role: "img", "aria-label": `channel ${tile.channel}, mean ${num(tile.mean, 3)}`,
         title: `channel ${tile.channel} · mean ${num(tile.mean, 3)} · click a unit`,
         "data-testid": "activation-map", "data-channel": tile.channel, "data-mean": tile.mean, tabindex: 0,
       });
@@ -107,6 +127,8 @@ function drawMaps(data) {
           pickUnit(tile, Math.floor(h / 2), Math.floor(w / 2));
         }
       });
+      tile.canvas = image;
+      tile.painted = paint(image, tile.png, palette);
       return el("figure", {}, image, el("figcaption", { text: `ch ${tile.channel}` }));
     }));
   } else {
@@ -132,8 +154,8 @@ export function pageBy(state, step) {
 
 async function pickUnit(tile, y, x) {
   if (!view) return;
-  for (const img of document.querySelectorAll(".maps img.selected")) img.classList.remove("selected");
-  const selected = document.querySelector(`.maps img[data-channel="${tile.channel}"]`);
+  for (const tileElement of document.querySelectorAll(".maps .selected")) tileElement.classList.remove("selected");
+  const selected = document.querySelector(`.maps [data-channel="${tile.channel}"]`);
   if (selected) selected.classList.add("selected");
   Object.assign(view, { channel: tile.channel, y, x, tile });
   $("#unit-view").hidden = false;
@@ -165,18 +187,16 @@ function drawUnitMap() {
   }
   const [h, w] = view.data.shape.slice(1);
   const context = canvas.getContext("2d");
-  const image = new Image();
-  image.onload = () => {
+  view.tile.painted.then(() => {
     context.imageSmoothingEnabled = false;
     context.clearRect(0, 0, canvas.width, canvas.height);
-    context.drawImage(image, 0, 0, canvas.width, canvas.height);
+    context.drawImage(view.tile.canvas, 0, 0, canvas.width, canvas.height);
     const cw = canvas.width / w;
     const ch = canvas.height / h;
     context.lineWidth = 2;
     context.strokeStyle = "#ff2d55";
     context.strokeRect(view.x * cw + 1, view.y * ch + 1, Math.max(cw - 2, 2), Math.max(ch - 2, 2));
-  };
-  image.src = view.tile.png;
+  });
   caption.textContent = `${view.node.id}, channel ${view.channel}: unit at row ${view.y}, column ${view.x} (of ${h}×${w}). Click another unit or use the arrow keys.`;
 }
 
