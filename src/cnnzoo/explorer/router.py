@@ -6,6 +6,7 @@ rules (its functions are passed in), so the page's requests are checked exactly 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +47,9 @@ def explorer_router(
     the server's predict endpoint does (size, type by magic bytes, pixel count) and raises the
     server's own HTTP errors; ``dependencies`` (the API key check) guard every data route."""
     api = APIRouter(prefix="/explorer/api", dependencies=[Depends(d) for d in dependencies or []])
+    # Sample images are public data (scikit-learn's and the test sets'): open, so that <img>
+    # tags, which cannot send a key, can show them.
+    samples_api = APIRouter(prefix="/explorer/api")
 
     async def guarded(work: Awaitable[Any]) -> Any:
         try:
@@ -115,26 +119,25 @@ def explorer_router(
             return error_response('send JSON {"model": "NAME"}', 400)
         return await guarded(explorer.load(model))
 
-    @api.get("/samples")
+    @samples_api.get("/samples")
     async def sample_list() -> Any:
-        import asyncio
-
         found = await asyncio.to_thread(samples)
         return {
             "groups": GROUP_TITLES,
             "samples": [sample.to_dict() for sample in found.values()],
         }
 
-    @api.get("/samples/{sample_id}")
+    @samples_api.get("/samples/{sample_id}")
     async def sample(sample_id: str) -> Any:
-        import asyncio
-
         found = (await asyncio.to_thread(samples)).get(sample_id)
         if found is None:
             return error_response(f"no sample {sample_id!r}", 404)
         return Response(found.data, media_type=found.media_type)
 
-    return api
+    router = APIRouter()
+    router.include_router(api)
+    router.include_router(samples_api)
+    return router
 
 
 def page_routes(router: APIRouter | None = None) -> APIRouter:
