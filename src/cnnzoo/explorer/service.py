@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -114,6 +116,7 @@ class StoredImage:
 class _Session:
     """What the explorer keeps for one loaded model."""
 
+    token: int  # names the model in cache keys (an id() could be reused by a later model)
     graph: NetworkGraph | None = None
     cuts: dict[str, Any] = field(default_factory=dict)  # layer -> the graph cut after it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -130,7 +133,7 @@ class Explorer:
         models: ModelProvider,
         decode: Decode,
         *,
-        cache_mb: int = 512,
+        cache_mb: int = 256,
         max_images: int = 64,
     ) -> None:
         self.models = models
@@ -139,7 +142,11 @@ class Explorer:
         self.max_images = max_images
         self.values = ByteCache(cache_mb * 2**20)  # layer outputs and inputs, prepared inputs
         self.results = ByteCache(64 * 2**20)  # finished answers: map pages, overlays
-        self._sessions: dict[int, _Session] = {}
+        # Per model object: a model that is replaced or unloaded takes its session with it.
+        self._sessions: weakref.WeakKeyDictionary[torch.nn.Module, _Session] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tokens = itertools.count()
         self._catalogue_lock = asyncio.Lock()
 
     # --- images ------------------------------------------------------------------------------
@@ -166,14 +173,14 @@ class Explorer:
     # --- per model --------------------------------------------------------------------------
 
     def _session(self, served: ServedModel) -> _Session:
-        key = id(served.inference.model)
-        session = self._sessions.get(key)
+        model = served.inference.model
+        session = self._sessions.get(model)
         if session is None:
-            session = self._sessions[key] = _Session()
+            session = self._sessions[model] = _Session(next(self._tokens))
         return session
 
     def _key(self, served: ServedModel, *parts: Any) -> tuple[Any, ...]:
-        return (id(served.inference.model), *parts)
+        return (self._session(served).token, *parts)
 
     async def _graph(self, served: ServedModel) -> NetworkGraph:
         session = self._session(served)
