@@ -261,7 +261,10 @@ class ServedModels:
     ) -> ServedModel:
         """Load another model while the server runs: it warms up like the others, then appears
         in ``/v1/models``. A bad source is a 400, a name already served a 409."""
-        spec = parse_source(source) if not isinstance(source, ModelSource) else source
+        try:
+            spec = parse_source(source) if not isinstance(source, ModelSource) else source
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
         if name is not None:
             if not NAME_PATTERN.fullmatch(name):
                 raise ApiError(400, f"{name!r} cannot name a served model: letters, digits, _ . -")
