@@ -13,20 +13,23 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnzoo.errors import CnnzooError, UsageError
+from cnnzoo.errors import UsageError
 from cnnzoo.explorer.service import PAGE_PIXELS, ByteCache, Explorer, NotFound, default_weights
 from cnnzoo.inference import load_model
+from cnnzoo.serve.errors import ApiError
 
 
 class Served:
-    def __init__(self, name: str, inference) -> None:
-        self.name, self.inference = name, inference
+    """cnnzoo.serve's ServedModel as the explorer uses it: a model and its one worker thread."""
+
+    def __init__(self, name: str, loaded) -> None:
+        self.name, self.loaded = name, loaded
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"worker-{name}")
         self.calls = 0
 
-    def call(self, fn):
+    def call(self, fn, *args):
         self.calls += 1
-        return asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
 class Provider:
@@ -43,16 +46,17 @@ class Provider:
         return list(self.models)
 
     async def add(self, source, name=None):
-        self.added.append(source)
-        model, _, weights = source.partition(":")
-        if weights == "broken":
-            raise CnnzooError("cannot download the weights (no network)")
-        served = Served(name or model, load_model(model, weights or None))
+        if not isinstance(source, str):  # an InferenceModel, built by the caller
+            self.added.append(f"{source.name} (built)")
+            served = Served(name or source.name, source)
+        else:
+            self.added.append(source)
+            model, _, weights = source.partition(":")
+            if weights == "broken":
+                raise ApiError(400, "cannot download the weights (no network)")
+            served = Served(name or model, load_model(model, weights or None))
         self.models[served.name] = served
         return served
-
-    def latency_ms(self, name):
-        return 1.5
 
 
 def decode(data: bytes, channels: int) -> torch.Tensor:
@@ -74,7 +78,7 @@ def resnet20():
 
 @pytest.fixture
 def explorer(resnet20):
-    return Explorer(Provider(resnet20=resnet20), decode)
+    return Explorer(Provider(resnet20=resnet20), decode, latency_ms=lambda name: 1.5)
 
 
 def run(coroutine):
@@ -128,7 +132,7 @@ def test_pages_of_a_wide_layer_and_vectors(explorer) -> None:
     assert [v["value"] for v in logits["values"]] == sorted(
         (v["value"] for v in logits["values"]), reverse=True
     )
-    assert logits["values"][0]["label"] in explorer.models.get("resnet20").inference.class_names
+    assert logits["values"][0]["label"] in explorer.models.get("resnet20").loaded.class_names
     with pytest.raises(NotFound, match="no layer 'layer9'"):
         run(explorer.maps("resnet20", stored.id, "layer9"))
 
@@ -166,7 +170,7 @@ def test_explain_overlay_target_and_cache(explorer) -> None:
     assert chosen["target"] == 1 and chosen["label"] == "Trouser"
     occlusion = run(explorer.explain("resnet20", stored.id, "occlusion", layer="conv1"))
     assert occlusion["layer"] is None  # the pixel methods take no layer
-    with pytest.raises(UsageError, match="target 10"):
+    with pytest.raises(ApiError, match="target '10'"):
         run(explorer.explain("resnet20", stored.id, target="10"))
     with pytest.raises(UsageError, match="unknown method"):
         run(explorer.explain("resnet20", stored.id, "saliency"))
@@ -191,7 +195,8 @@ def test_loading_a_zoo_model_with_and_without_its_weights(resnet20, monkeypatch)
     # Weights that cannot be had: the model is loaded without them, and the page is told why.
     monkeypatch.setattr("cnnzoo.explorer.service.default_weights", lambda model: "broken")
     answer = run(explorer.load("lenet5"))
-    assert provider.added[-2:] == ["lenet5:broken", "lenet5"] and answer["weights"] is None
+    assert provider.added[-2:] == ["lenet5:broken", "lenet5 (built)"]
+    assert answer["weights"] is None and not provider.get("lenet5").loaded.trained
     assert "without trained weights" in answer["message"] and "no network" in answer["message"]
     with pytest.raises(UsageError, match="unknown model"):
         run(explorer.load("resnet9000"))

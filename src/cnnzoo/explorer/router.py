@@ -1,106 +1,104 @@
-"""The explorer's HTTP endpoints (``/explorer/api/...``), its static files and ``/``.
+"""The explorer's HTTP side: ``/`` (the page), ``/explorer/static/...`` (its files) and
+``/explorer/api/...`` (what the page asks for), added to a ``cnnzoo serve`` app by
+:func:`mount_explorer` (``create_app`` does it).
 
-Mounted by ``cnnzoo.serve.create_app``; uploads, errors and the API key follow the server's own
-rules (its functions are passed in), so the page's requests are checked exactly like the API's.
+Uploads are read and checked by the server's own functions (size while streaming, type by magic
+bytes, pixel count before decoding), errors have the server's format, and the API key guards
+the data as it guards the API. The page, its files and the sample images are public: a browser
+cannot send a key when it opens a page or shows an ``<img>``; the page asks for the key and
+sends it with its requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.explorer import STATIC_DIR
 from cnnzoo.explorer.samples import GROUP_TITLES, samples
 from cnnzoo.explorer.service import DEFAULT_PER_PAGE, MAX_PER_PAGE, Explorer, NotFound
+from cnnzoo.serve.errors import ApiError
+from cnnzoo.serve.security import require_api_key
+from cnnzoo.serve.uploads import decode_upload, read_body
 
-ReadUpload = Callable[[Request], Awaitable[tuple[bytes, str]]]  # -> (file bytes, media type)
+__all__ = ["explorer_router", "mount_explorer"]
 
 NO_STORE = {"Cache-Control": "no-store"}
+SAMPLES = "/explorer/api/samples"
 
 
-def error_response(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+async def _answer(work: Awaitable[Any]) -> Any:
+    """The explorer's own errors as the server's JSON errors."""
+    try:
+        return await work
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except UsageError as exc:
+        raise ApiError(400, str(exc)) from None
+    except CnnzooError as exc:
+        raise ApiError(500, str(exc)) from None
 
 
-def _status(exc: Exception) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, UsageError):
-        return 400
-    return 500
-
-
-def explorer_router(
-    explorer: Explorer,
-    read_upload: ReadUpload,
-    *,
-    dependencies: list[Any] | None = None,
-) -> APIRouter:
-    """The explorer's API routes; ``read_upload`` reads and checks one uploaded image the way
-    the server's predict endpoint does (size, type by magic bytes, pixel count) and raises the
-    server's own HTTP errors; ``dependencies`` (the API key check) guard every data route."""
-    api = APIRouter(prefix="/explorer/api", dependencies=[Depends(d) for d in dependencies or []])
-    # Sample images are public data (scikit-learn's and the test sets'): open, so that <img>
-    # tags, which cannot send a key, can show them.
-    samples_api = APIRouter(prefix="/explorer/api")
-
-    async def guarded(work: Awaitable[Any]) -> Any:
-        try:
-            return await work
-        except (CnnzooError, KeyError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            status = 404 if isinstance(exc, KeyError) else _status(exc)
-            return error_response(str(message), status)
+def explorer_router(explorer: Explorer, public_paths: set[str] | None = None) -> APIRouter:
+    """The explorer's routes; the paths it opens to everyone are added to ``public_paths``."""
+    api = APIRouter(prefix="/explorer/api", dependencies=[Depends(require_api_key)])
+    open_api = APIRouter(prefix="/explorer/api")
 
     @api.post("/images")
-    async def add_image(request: Request) -> Any:
-        data, media_type = await read_upload(request)
-        stored = explorer.add_image(data, media_type)
-        return {"id": stored.id, "bytes": len(data), "media_type": media_type}
+    async def add_image(request: Request, name: str = "the image") -> Any:
+        """Keep one image for the page's later requests; refused as the API refuses it."""
+        limits = request.app.state.limits
+        data = await read_body(request, limits.max_bytes)
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(None, decode_upload, data, name, 3, limits.max_pixels)
+        stored = explorer.add_image(data, f"image/{decoded.format.lower()}")
+        height, width = decoded.array.shape[:2]
+        return {"id": stored.id, "bytes": len(data), "format": decoded.format,
+                "height": height, "width": width}  # fmt: skip
 
     @api.get("/models/{name}/graph")
     async def graph(name: str) -> Any:
-        return await guarded(explorer.graph(name))
+        return await _answer(explorer.graph(name))
 
     @api.get("/models/{name}/seen")
     async def seen(name: str, image: str) -> Any:
-        async def work() -> Any:
-            png, size = await explorer.seen(name, image)
-            return {"png": "data:image/png;base64," + base64.b64encode(png).decode(), **size}
-
-        return await guarded(work())
+        png, size = await _answer(explorer.seen(name, image))
+        return {"png": "data:image/png;base64," + base64.b64encode(png).decode(), **size}
 
     @api.get("/models/{name}/maps")
     async def maps(
         name: str,
         image: str,
         layer: str,
-        page: int = 0,
+        page: int = Query(0, ge=0),
         per_page: int = Query(DEFAULT_PER_PAGE, ge=1, le=MAX_PER_PAGE),
     ) -> Any:
-        return await guarded(explorer.maps(name, image, layer, page, per_page))
+        return await _answer(explorer.maps(name, image, layer, page, per_page))
 
     @api.get("/models/{name}/unit")
-    async def unit(name: str, image: str, layer: str, channel: int, y: int = 0, x: int = 0) -> Any:
-        return await guarded(explorer.unit(name, image, layer, channel, y, x))
+    async def unit(
+        name: str, image: str, layer: str, channel: int = Query(ge=0), y: int = Query(0, ge=0),
+        x: int = Query(0, ge=0),
+    ) -> Any:  # fmt: skip
+        return await _answer(explorer.unit(name, image, layer, channel, y, x))
 
     @api.get("/models/{name}/explain")
     async def explain(
         name: str, image: str, method: str = "gradcam", layer: str | None = None,
         target: str = "top",
     ) -> Any:  # fmt: skip
-        return await guarded(explorer.explain(name, image, method, layer or None, target))
+        return await _answer(explorer.explain(name, image, method, layer or None, target))
 
     @api.get("/catalogue")
-    async def catalogue(offset: int = 0, limit: int = Query(8, ge=1, le=66)) -> Any:
-        return await guarded(explorer.catalogue(offset, limit))
+    async def catalogue(offset: int = Query(0, ge=0), limit: int = Query(8, ge=1, le=100)) -> Any:
+        return await _answer(explorer.catalogue(offset, limit))
 
     @api.get("/zoo")
     async def zoo() -> Any:
@@ -116,41 +114,63 @@ def explorer_router(
             body = await request.json()
             model = str(body["model"])
         except (ValueError, KeyError, TypeError):
-            return error_response('send JSON {"model": "NAME"}', 400)
-        return await guarded(explorer.load(model))
+            raise ApiError(400, 'send JSON {"model": "NAME"}') from None
+        return await _answer(explorer.load(model))
 
-    @samples_api.get("/samples")
+    @open_api.get("/samples")
     async def sample_list() -> Any:
         found = await asyncio.to_thread(samples)
-        return {
-            "groups": GROUP_TITLES,
-            "samples": [sample.to_dict() for sample in found.values()],
-        }
+        if public_paths is not None:  # each sample's own path opens once it exists
+            public_paths.update(f"{SAMPLES}/{sample_id}" for sample_id in found)
+        return {"groups": GROUP_TITLES, "samples": [s.to_dict() for s in found.values()]}
 
-    @samples_api.get("/samples/{sample_id}")
+    @open_api.get("/samples/{sample_id}")
     async def sample(sample_id: str) -> Any:
         found = (await asyncio.to_thread(samples)).get(sample_id)
         if found is None:
-            return error_response(f"no sample {sample_id!r}", 404)
+            raise ApiError(404, f"no sample {sample_id!r}")
         return Response(found.data, media_type=found.media_type)
 
-    router = APIRouter()
-    router.include_router(api)
-    router.include_router(samples_api)
-    return router
-
-
-def page_routes(router: APIRouter | None = None) -> APIRouter:
-    """``/`` (the page) and its files under ``/explorer/static``. The page itself holds no data,
-    so it is open even with an API key: it asks for the key before its first request."""
-    pages = router or APIRouter()
-
-    @pages.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers=NO_STORE)
 
-    return pages
+    router = APIRouter()
+    router.include_router(api)
+    router.include_router(open_api)
+    # The page itself at /, outside the API prefix.
+    router.add_api_route("/", index, include_in_schema=False)
+    return router
 
 
-def mount_static(app: Any) -> None:
+def mount_explorer(app: FastAPI) -> Explorer:
+    """Add the explorer to a ``cnnzoo serve`` app (``create_app`` calls this)."""
+    from cnnzoo.data.folder import image_tensor
+
+    limits = app.state.limits
+    metrics = getattr(app.state, "metrics", None)
+
+    def decode(data: bytes, channels: int) -> Any:
+        return image_tensor(decode_upload(data, "the image", channels, limits.max_pixels).array)
+
+    def latency_ms(name: str) -> float | None:
+        if metrics is None:
+            return None
+        labels = {"model": name}
+        # The mean forward pass the server timed for this model (its batches, warm).
+        seconds = metrics.registry.get_sample_value("cnnzoo_inference_seconds_sum", labels)
+        passes = metrics.registry.get_sample_value("cnnzoo_inference_seconds_count", labels)
+        return seconds / passes * 1e3 if seconds and passes else None
+
+    explorer = Explorer(app.state.models, decode, latency_ms=latency_ms)
+    public = getattr(app.state, "public_paths", None)
+    app.include_router(explorer_router(explorer, public))
     app.mount("/explorer/static", StaticFiles(directory=STATIC_DIR), name="explorer-static")
+    if public is not None:
+        public.update({"/", SAMPLES})
+        public.update(
+            f"/explorer/static/{path.relative_to(STATIC_DIR).as_posix()}"
+            for path in STATIC_DIR.rglob("*")
+            if path.is_file()
+        )
+    app.state.explorer = explorer
+    return explorer

@@ -29,6 +29,7 @@ from cnnzoo.analysis.network_graph import NetworkGraph, layer_values, network_gr
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.explorer import render
 from cnnzoo.inference import InferenceModel
+from cnnzoo.serve.api_v1 import _target_index as target_index
 
 T = TypeVar("T")
 
@@ -44,21 +45,22 @@ class NotFound(CnnzooError):
 
 
 class ServedModel(Protocol):
-    """One model of the server, as the explorer needs it."""
+    """One model of the server, as the explorer uses it (``cnnzoo.serve.ServedModel``)."""
 
     name: str
-    inference: InferenceModel
+    loaded: InferenceModel
 
-    def call(self, fn: Callable[[], T]) -> Awaitable[T]:
+    def call(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         """Run ``fn`` on the model's worker thread, between its inference batches."""
         ...
 
 
 class ModelProvider(Protocol):
-    def get(self, name: str) -> ServedModel: ...  # NotFound-like error for an unknown name
+    """The served models (``cnnzoo.serve.ServedModels``, ``app.state.models``)."""
+
+    def get(self, name: str) -> ServedModel: ...  # a 404 error for an unknown name
     def names(self) -> list[str]: ...
-    async def add(self, source: str, name: str | None = None) -> ServedModel: ...
-    def latency_ms(self, name: str) -> float | None: ...  # measured per-image latency
+    async def add(self, source: Any, name: str | None = None) -> ServedModel: ...
 
 
 class ByteCache:
@@ -133,11 +135,13 @@ class Explorer:
         models: ModelProvider,
         decode: Decode,
         *,
+        latency_ms: Callable[[str], float | None] = lambda name: None,
         cache_mb: int = 256,
         max_images: int = 64,
     ) -> None:
         self.models = models
         self.decode = decode
+        self.latency_ms = latency_ms  # the server's measured time per image, by model
         self.images: OrderedDict[str, StoredImage] = OrderedDict()
         self.max_images = max_images
         self.values = ByteCache(cache_mb * 2**20)  # layer outputs and inputs, prepared inputs
@@ -173,7 +177,7 @@ class Explorer:
     # --- per model --------------------------------------------------------------------------
 
     def _session(self, served: ServedModel) -> _Session:
-        model = served.inference.model
+        model = served.loaded.model
         session = self._sessions.get(model)
         if session is None:
             session = self._sessions[model] = _Session(next(self._tokens))
@@ -186,7 +190,7 @@ class Explorer:
         session = self._session(served)
         async with session.lock:
             if session.graph is None:
-                loaded = served.inference
+                loaded = served.loaded
                 size = (loaded.channels, *loaded.input_size)
                 try:
                     session.graph = await served.call(lambda: network_graph(loaded.model, size))
@@ -202,7 +206,7 @@ class Explorer:
         key = self._key(served, image_id, "batch")
         batch = self.values.get(key)
         if batch is None:
-            loaded = served.inference
+            loaded = served.loaded
             image = self.decode(self.image(image_id).data, loaded.channels)
             batch = loaded.prepare([image])
             self.values.put(key, batch, _nbytes(batch))
@@ -212,7 +216,7 @@ class Explorer:
         served = self.models.get(name)
         graph = await self._graph(served)
         data = graph.to_dict()
-        loaded = served.inference
+        loaded = served.loaded
         data.update(
             name=served.name,
             description=loaded.description,
@@ -227,7 +231,7 @@ class Explorer:
         served = self.models.get(name)
         self.image(image_id)
         batch = await served.call(lambda: self._batch(served, image_id))
-        shown = served.inference.shown(batch)[0]
+        shown = served.loaded.shown(batch)[0]
         return render.image_png(shown), {"height": shown.shape[1], "width": shown.shape[2]}
 
     async def _layer(
@@ -313,7 +317,7 @@ class Explorer:
                 )
             else:
                 flat = output.reshape(-1)
-                names = served.inference.class_names
+                names = served.loaded.class_names
                 is_logits = layer == (await self._graph(served)).output
                 answer["values"] = [
                     {
@@ -340,7 +344,7 @@ class Explorer:
             y = x = 0
         answer = unit_arithmetic(graph, layer, found["inputs"], output, channel, y, x)
         box = unit_field(graph, layer, y, x) if found["spatial"] else None
-        size = tuple(served.inference.input_size)
+        size = tuple(served.loaded.input_size)
         answer["field"] = box.to_dict(size) if box is not None else None
         node = graph.node(layer)
         answer["field_global"] = node.rf_global or box is None
@@ -355,7 +359,7 @@ class Explorer:
             raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         served = self.models.get(name)
         self.image(image_id)
-        loaded = served.inference
+        loaded = served.loaded
         if method not in LAYER_METHODS:
             layer = None
         key = self._key(served, image_id, "explain", method, layer, target)
@@ -368,7 +372,7 @@ class Explorer:
             batch = self._batch(served, image_id)
             with torch.no_grad():
                 probs = torch.softmax(loaded.model(batch).float(), dim=1)[0]
-            index = _target_index(target, loaded.class_names, probs)
+            index = target_index(target or "top", int(probs.argmax()), loaded.class_names)
             used = resolve_layer(loaded.model, layer) if method in LAYER_METHODS else None
             heat = attribution_maps(loaded.model, batch, [index], method, used)[0]
             return {
@@ -411,7 +415,7 @@ class Explorer:
                     **row.__dict__,
                     "weights": list(row.weights),
                     "served": row.name in served,
-                    "latency_ms": self.models.latency_ms(row.name)
+                    "latency_ms": self.latency_ms(row.name)
                     if row.name in served
                     else None,
                 }
@@ -421,7 +425,11 @@ class Explorer:
         }
 
     async def load(self, model: str) -> dict[str, Any]:
-        """Serve zoo model ``model`` (with weights when it has any) and say what was loaded."""
+        """Serve zoo model ``model`` (with weights when it has any) and say what was loaded.
+
+        Without weights (none exist, or they cannot be had here) the model is served freshly
+        initialised: its architecture and maps are real, its answers are not, and the message
+        says so."""
         from cnnzoo.registry import list_models, unknown_model_message
 
         if model in self.models.names():
@@ -435,18 +443,34 @@ class Explorer:
         if weights is not None:
             try:
                 served = await self.models.add(f"{model}:{weights}", model)
-            except CnnzooError as exc:  # no network for a download, a full disk, ...
+            except Exception as exc:  # no network for a download, a full disk, ...
+                if getattr(exc, "status", 400) != 400 and not isinstance(exc, CnnzooError):
+                    raise
                 why_not = f"its weights {weights} could not be had: {exc}"
                 weights = None
         if served is None:
-            served = await self.models.add(model, model)
+            # The server serves only trained sources by name; an untrained model is handed
+            # over built.
+            fresh = await asyncio.to_thread(_untrained, model)
+            served = await self.models.add(fresh, model)
             message = (
                 f"loaded {model} without trained weights ({why_not}): the architecture is "
                 "real, its answers are not"
             )
         else:
-            message = f"loaded {served.inference.description}"
+            message = f"loaded {served.loaded.description}"
         return {"name": served.name, "loaded": True, "weights": weights, "message": message}
+
+
+def _untrained(model: str) -> InferenceModel:
+    from cnnzoo.inference import load_model
+
+    try:
+        from cnnzoo.serve.worker import COMPUTE_LOCK
+    except ImportError:  # the explorer used without the server
+        return load_model(model)
+    with COMPUTE_LOCK:  # building a model runs torch: not beside a batch
+        return load_model(model)
 
 
 def default_weights(model: str) -> str | None:
@@ -466,22 +490,6 @@ def default_weights(model: str) -> str | None:
     if is_cached(default) or not offline_mode():
         return default.name
     return None
-
-
-def _target_index(target: str, classes: list[str], probs: torch.Tensor) -> int:
-    if target in ("", "top"):
-        return int(probs.argmax())
-    if target in classes:
-        return classes.index(target)
-    try:
-        index = int(target)
-    except ValueError:
-        raise UsageError(
-            f"target {target!r}: give top, a class index or a class name"
-        ) from None
-    if not 0 <= index < len(classes):
-        raise UsageError(f"target {index}: the model has classes 0..{len(classes) - 1}")
-    return index
 
 
 def _cam_layers(graph: NetworkGraph, model: torch.nn.Module) -> dict[str, Any]:

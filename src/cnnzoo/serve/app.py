@@ -100,6 +100,11 @@ def create_app(
     app.include_router(api_v1.router)
     app.include_router(api_v2.router)
 
+    # The explorer page at / and its endpoints under /explorer (cnnzoo.explorer).
+    from cnnzoo.explorer.router import mount_explorer
+
+    mount_explorer(app)
+
     @app.get("/metrics", tags=["health"], include_in_schema=True)
     async def prometheus_metrics(request: Request) -> Response:
         """Prometheus text: requests and errors by model and code, latency, batch sizes,

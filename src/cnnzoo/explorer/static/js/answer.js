@@ -6,7 +6,7 @@ import { el, num } from "./ui.js";
 // The served prediction for one image: [{label, index, probability}], and the timings.
 export async function predict(model, blob, k = 5) {
   const answer = await postBody(`/v1/models/${enc(model)}/predict?topk=${k}`, blob, blob.type || "application/octet-stream");
-  return { topk: topkOf(answer), timings: answer.timings || {} };
+  return { topk: topkOf(answer), timings: answer.timings_ms || {} };
 }
 
 export function topkOf(answer) {
@@ -28,10 +28,11 @@ export function explain(model, image, { method = "gradcam", layer = "", target =
   return getJSON(`/explorer/api/models/${enc(model)}/explain`, { image, method, layer, target });
 }
 
+// The server's own timings (timings_ms of /v1/.../predict) and the page's round trip.
 export function timingText(timings, roundTrip) {
   const parts = [];
-  if (timings.inference_ms !== undefined) parts.push(`inference ${num(timings.inference_ms, 1)} ms`);
-  if (timings.queue_ms !== undefined) parts.push(`queue ${num(timings.queue_ms, 1)} ms`);
+  if (timings.inference !== undefined) parts.push(`inference ${num(timings.inference, 1)} ms`);
+  if (timings.queue !== undefined) parts.push(`queue ${num(timings.queue, 1)} ms`);
   if (roundTrip !== undefined) parts.push(`round trip ${roundTrip.toFixed(0)} ms`);
   return parts.join(" · ");
 }

@@ -122,8 +122,9 @@ function syncCamLayer() {
 
 // --- images ---------------------------------------------------------------------------------
 
-async function upload(blob) {
-  const answer = await postBody("/explorer/api/images", blob, blob.type || "application/octet-stream");
+async function upload(blob, name) {
+  const query = new URLSearchParams({ name: name || "the image" });
+  const answer = await postBody(`/explorer/api/images?${query}`, blob, blob.type || "application/octet-stream");
   return answer.id;
 }
 
@@ -133,7 +134,7 @@ async function withImage(work) {
     return await work(state.imageId);
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 404 && /image/.test(error.message)) || !state.image) throw error;
-    state.imageId = state.image.id = await upload(state.image.blob);
+    state.imageId = state.image.id = await upload(state.image.blob, state.image.name);
     return work(state.imageId);
   }
 }
@@ -144,9 +145,10 @@ async function setImage(blob, name, { light = false } = {}) {
   const image = { blob, name, id: null };
   let id;
   try {
-    id = await track(light ? "drawing" : "sending the image", upload(blob));
+    id = await track(light ? "drawing" : "sending the image", upload(blob, name));
   } catch (error) {
-    showError("image-error", new Error(`${name}: ${error.message}`));
+    showError("image-error", error); // the server's message names the file
+    clearAnswer(); // what is shown must never look like the answer for the refused file
     return;
   }
   image.id = id;
@@ -157,6 +159,17 @@ async function setImage(blob, name, { light = false } = {}) {
     $("#answer-panel").scrollIntoView({ behavior: "smooth", block: "start" });
   }
   await refresh({ light });
+}
+
+function clearAnswer() {
+  state.image = null;
+  state.imageId = null;
+  $("#topk").replaceChildren();
+  $("#timing").textContent = "";
+  $("#seen").hidden = true;
+  $("#cam").hidden = true;
+  $("#cam-note").textContent = "";
+  $("#seen-empty").hidden = false;
 }
 
 async function refresh({ light = false } = {}) {
