@@ -11,8 +11,10 @@ is the cost of running the network up to it, a repeated one the cost of the cach
     python benchmarks/explorer.py                      # resnet50 vgg16, 4 images
     python benchmarks/explorer.py --models resnet18 --images 2 --out explorer.json
 
-Models are served with their weights when they are on this machine, otherwise freshly
-initialised (the times are the same: the same layers run).
+The server starts with LeNet-5 only; each measured model is then loaded the way the page loads
+a zoo model (``POST /explorer/api/models``): with its weights when they are on this machine,
+otherwise freshly initialised (the times are the same: the same layers run). Nothing is
+downloaded (``CNNZOO_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class Server:
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "cnnzoo", "serve", *sources, "--port", str(self.port)]
+        env = {**os.environ, "CNNZOO_OFFLINE": "1"}
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
+                                        stderr=subprocess.PIPE, env=env)  # fmt: skip
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -98,6 +101,7 @@ class Server:
 
     def time(self, path: str, params: dict | None = None, body: bytes | None = None,
              content_type: str = "image/jpeg") -> tuple[float, dict]:  # fmt: skip
+        """(milliseconds, answer) of one request."""
         url = f"{self.url}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
@@ -146,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(header(info))
     images = photos(args.images)
-    server = Server(list(args.models))
+    server = Server(["lenet5:digits"])
     results = {}
     try:
         for model in args.models:
+            ms, loaded = server.time("/explorer/api/models", body=json.dumps({"model": model})
+                                     .encode(), content_type="application/json")  # fmt: skip
+            print(f"\n{loaded['message']} ({ms / 1e3:.1f} s)")
             times = measure(server, model, images)
             results[model] = {name: statistics.median(values) for name, values in times.items()}
             print(f"\n{model} ({args.images} images; median ms)")

@@ -155,6 +155,21 @@ def page(browser, server, screenshots, request):
     browser.save_screenshot(str(screenshots / f"{request.node.name}.png"))
 
 
+def snap(
+    driver, screenshots: Path, name: str, element_id: str | None = None, height: int = 1000
+) -> None:
+    """A screenshot in the middle of a test, with ``element_id`` scrolled to the top."""
+    driver.set_window_size(1400, height)
+    if element_id:
+        driver.execute_script(
+            "document.getElementById(arguments[0]).scrollIntoView({block: 'start'});"
+            "window.scrollBy(0, -70)",  # below the sticky header
+            element_id,
+        )
+    driver.save_screenshot(str(screenshots / f"{name}.png"))
+    driver.set_window_size(1400, 1000)
+
+
 def wait(driver, seconds: float = WAIT) -> WebDriverWait:
     return WebDriverWait(driver, seconds)
 
@@ -224,7 +239,7 @@ def test_upload_shows_the_api_s_top5_and_an_overlay(page, server, tmp_path) -> N
     assert "occlusion" in page.find_element(By.ID, "cam-note").text
 
 
-def test_layer_maps_unit_field_and_arithmetic(page, server, tmp_path) -> None:
+def test_layer_maps_unit_field_and_arithmetic(page, server, screenshots, tmp_path) -> None:
     path, image = fashion_test_image(tmp_path, 0)
     upload(page, path)
     wait(page).until(lambda d: len(shown_topk(d)) == 5)
@@ -238,11 +253,12 @@ def test_layer_maps_unit_field_and_arithmetic(page, server, tmp_path) -> None:
     assert len(tiles) == 16  # conv1's 16 channels, one page
     means = [float(t.get_attribute("data-mean")) for t in tiles]
     assert means == sorted(means, reverse=True)  # strongest first
-    # Click the strongest map a quarter of the way in: the unit under the pointer.
+    # Click the strongest map low and right of its centre (on the boot): the unit under the
+    # pointer.
     tile = tiles[0]
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", tile)
     width = tile.size["width"]
-    ActionChains(page).move_to_element_with_offset(tile, -width // 4, -width // 4).click().perform()
+    ActionChains(page).move_to_element_with_offset(tile, width // 6, width // 8).click().perform()
     box = wait(page).until(lambda d: (b := d.find_element(*by_id("rf-box"))).get_attribute(
         "data-size") and b.is_displayed() and b)  # fmt: skip
     loaded = load_model("resnet20", "fashion_mnist")
@@ -264,6 +280,7 @@ def test_layer_maps_unit_field_and_arithmetic(page, server, tmp_path) -> None:
     with torch.no_grad():
         conv1 = loaded.model.conv1(loaded.prepare([image]))[0, channel, row, column]
     assert value == pytest.approx(float(conv1), rel=1e-5, abs=1e-6)
+    snap(page, screenshots, "explorer-unit", "inside-panel", height=1330)
     # A deep layer: its field is the one receptive_field computes, and its 64 maps are paged.
     deep = page.find_element(By.CSS_SELECTOR, '[data-testid="layer"][data-name="layer3.2.conv2"]')
     click(page, deep)
@@ -279,7 +296,7 @@ def test_layer_maps_unit_field_and_arithmetic(page, server, tmp_path) -> None:
                      == "x".join(map(str, fields["layer3.2.conv2"].size)))  # fmt: skip
 
 
-def test_a_text_file_named_png_shows_the_server_s_error(page, tmp_path) -> None:
+def test_a_text_file_named_png_shows_the_server_s_error(page, screenshots, tmp_path) -> None:
     fake = tmp_path / "notes.png"
     fake.write_text("these are my notes, not a picture\n")
     upload(page, fake)
@@ -287,6 +304,7 @@ def test_a_text_file_named_png_shows_the_server_s_error(page, tmp_path) -> None:
     assert error.get_attribute("data-testid") == "error"
     assert "notes.png" in error.text and len(error.text) > 20
     assert not shown_topk(page)
+    snap(page, screenshots, "explorer-refused-upload")
     # A good image afterwards works and clears the error.
     good, _ = fashion_test_image(tmp_path, 1)
     upload(page, good)
@@ -352,6 +370,7 @@ def test_catalogue_presets_sorting_and_loading_a_zoo_model(page) -> None:
 
 
 def test_phone_width_keeps_the_page_readable(page, tmp_path) -> None:
+    # Layout at a phone's width: one column, nothing wider than the screen.
     page.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},

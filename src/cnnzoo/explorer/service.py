@@ -438,7 +438,7 @@ class Explorer:
         if model not in list_models():
             raise UsageError(unknown_model_message(model))
         weights = default_weights(model)
-        why_not = "it has no trained weights here"
+        why_not = _no_weights_reason(model)
         served = None
         if weights is not None:
             try:
@@ -460,6 +460,16 @@ class Explorer:
         else:
             message = f"loaded {served.loaded.description}"
         return {"name": served.name, "loaded": True, "weights": weights, "message": message}
+
+
+def _no_weights_reason(model: str) -> str:
+    from cnnzoo.pretrained import list_weights
+
+    specs = list_weights(model)
+    if not specs:
+        return "it has no published or shipped weights"
+    names = ", ".join(spec.name for spec in specs)
+    return f"its weights ({names}) are not on this machine and downloads are off"
 
 
 def _untrained(model: str) -> InferenceModel:

@@ -189,14 +189,15 @@ async function refresh({ light = false } = {}) {
     $("#seen").hidden = false;
     $("#seen-empty").hidden = true;
   });
-  const work = [answer, seen];
-  if (!light) {
-    work.push(updateCam());
-    if (state.layer) work.push(showLayer(state, state.layer));
-    work.push(updateCompare());
-  }
   try {
-    await Promise.all(work);
+    // The answer first: the model's worker takes requests in turn, and the heat map and the
+    // maps would otherwise hold the top-5 up.
+    await Promise.all([answer, seen]);
+    if (!light && isNewest()) {
+      const more = [updateCam(), updateCompare()];
+      if (state.layer) more.push(showLayer(state, state.layer));
+      await Promise.all(more);
+    }
   } catch (error) {
     if (isNewest()) showError("answer-error", error);
   }
@@ -280,7 +281,10 @@ function wire() {
 
 async function start() {
   wire();
-  loadSamples((blob, name) => setImage(blob, name));
+  // The samples may arrive after the model: mark the ones that fit it then.
+  loadSamples((blob, name) => setImage(blob, name)).then(() => {
+    if (state.graph) markFittingSamples(state.graph.classes);
+  });
   try {
     const [, zoo] = await Promise.all([loadServed(), getJSON("/explorer/api/zoo")]);
     state.zoo = zoo.models;
