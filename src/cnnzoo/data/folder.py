@@ -15,6 +15,7 @@ every image in the folder is grey.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import warnings
 from collections.abc import Sequence
@@ -95,6 +96,11 @@ def decode_image(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit_text = (
+        f"{limit / 1e6:.0f}-megapixel limit (set CNNZOO_MAX_IMAGE_PIXELS to raise it)"
+        if max_pixels is None
+        else f"limit of {limit:,} pixels"
+    )
     try:
         with warnings.catch_warnings():
             # PIL only warns below twice its own limit; cnnzoo's limit is checked just below.
@@ -103,11 +109,6 @@ def decode_image(
         with img:
             width, height = img.size
             if width * height > limit:
-                limit_text = (
-                    f"{limit / 1e6:.0f}-megapixel limit (set CNNZOO_MAX_IMAGE_PIXELS to raise it)"
-                    if max_pixels is None
-                    else f"limit of {limit:,} pixels"
-                )
                 raise ImageTooLargeError(
                     f"{name}: {width}x{height} pixels is more than the {limit_text}; not decoded"
                 )
@@ -116,7 +117,11 @@ def decode_image(
             img = ImageOps.exif_transpose(img)
             array = np.asarray(_convert(img, channels))
     except Image.DecompressionBombError as exc:  # PIL's own ceiling, met while opening
-        raise ImageTooLargeError(f"{name}: {exc}; not decoded") from exc
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "the image"
+        raise ImageTooLargeError(
+            f"{name}: {size} is more than the {limit_text}; not decoded"
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from exc
     return array
