@@ -12,19 +12,14 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from serve_helpers import Server
 
 import cnnzoo
 from cnnzoo.inference import load_model
@@ -53,58 +48,14 @@ def by_id(testid: str) -> tuple[str, str]:
     return By.CSS_SELECTOR, f'[data-testid="{testid}"]'
 
 
-class ServeProcess:
-    """``cnnzoo serve SOURCES`` in a subprocess on a free 127.0.0.1 port, ready when /readyz
-    says so; stopped with SIGTERM."""
-
-    def __init__(self, sources: list[str], log: Path, timeout: float = 180) -> None:
-        self.sources, self.log, self.timeout = sources, log, timeout
-
-    def __enter__(self) -> ServeProcess:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "CNNZOO_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        self._log = open(self.log, "wb")  # noqa: SIM115  (closed in __exit__)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cnnzoo", "serve", *self.sources, "--port", str(port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cnnzoo serve exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)  # polling the server's own readiness, not a guess at timing
-        self.__exit__()
-        raise RuntimeError(f"cnnzoo serve was not ready in {self.timeout} s")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with ServeProcess(
-        ["resnet20:fashion_mnist", "lenet5:fashion_mnist"],
-        log=tmp_path_factory.mktemp("serve") / "serve.log",
-    ) as process:
+def server():
+    process = Server("resnet20:fashion_mnist", "lenet5:fashion_mnist", env={"CNNZOO_OFFLINE": "1"})
+    try:
+        process.wait_ready()
         yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnzoo.analysis.flops import InputSize, resolve_input_size, run_forward
 from cnnzoo.analysis.receptive_field import LayerField, ReceptiveFieldError, _FieldTracker
-from cnnzoo.models.features import _is_torch_layer
+from cnnzoo.models.features import LayerTracer
 
 __all__ = ["GraphBlock", "GraphNode", "NetworkGraph", "layer_values", "network_graph"]
 
@@ -134,17 +134,12 @@ class NetworkGraph:
 # --- tracing ---------------------------------------------------------------------------------
 
 
-class _LayerTracer(fx.Tracer):
-    """torch.nn layers (and modules marked ``trace_as_leaf``) as single nodes."""
+class _LayerTracer(LayerTracer):
+    """Traces ``method`` of a model, layer by layer."""
 
     def __init__(self, method: str) -> None:
         super().__init__()
         self.traced_func_name = method
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return bool(getattr(m, "trace_as_leaf", False)) or (
-            _is_torch_layer(m) and not isinstance(m, nn.Sequential)
-        )
 
     def call_module(
         self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
