@@ -8,6 +8,7 @@ screenshot (``$CNNZOO_SCREENSHOTS``, else pytest's temporary folder).
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -281,6 +282,29 @@ def test_drawing_on_the_canvas_changes_the_answer(page) -> None:
     actions.release().perform()
     wait(page).until(lambda d: len(shown_topk(d)) == 5 and shown_topk(d) != blank)
     assert shown_topk(page) != blank
+
+
+GIVE_FILE = """
+const [data, name, how] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, { type: "image/png" }));
+if (how === "drop") {
+  document.getElementById("drop").dispatchEvent(
+    new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+} else {
+  document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+}
+"""
+
+
+def test_drop_and_paste_give_the_page_an_image(page, server, tmp_path) -> None:
+    for index, how in ((3, "drop"), (4, "paste")):
+        path, _ = fashion_test_image(tmp_path, index)
+        data = base64.b64encode(path.read_bytes()).decode()
+        page.execute_script(GIVE_FILE, data, path.name, how)
+        expected = [item["label"] for item in api_topk(server, "resnet20", path)]
+        wait(page).until(lambda d, expected=expected: [t[0] for t in shown_topk(d)] == expected)
 
 
 def test_compare_two_models_on_one_image(page, server, tmp_path) -> None:

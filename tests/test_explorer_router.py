@@ -73,6 +73,23 @@ def test_refused_uploads_carry_the_server_s_codes_and_words(client) -> None:
     assert bad.status_code == 400
 
 
+def test_the_catalogue_shows_the_latency_the_server_measured(client) -> None:
+    from cnnzoo.registry import list_models
+
+    where = {"offset": list_models().index("lenet5"), "limit": 1}
+    client.post("/v1/models/lenet5/predict", content=png_bytes(),
+                headers={"content-type": "image/png"})  # fmt: skip
+    row = client.get("/explorer/api/catalogue", params=where).json()["rows"][0]
+    assert row["name"] == "lenet5" and row["served"] and row["params"] == 61_706
+    metrics = client.get("/metrics").text
+    sums = [line for line in metrics.splitlines()
+            if line.startswith('cnnzoo_inference_seconds_sum{model="lenet5"}')]  # fmt: skip
+    counts = [line for line in metrics.splitlines()
+              if line.startswith('cnnzoo_inference_seconds_count{model="lenet5"}')]  # fmt: skip
+    mean_ms = float(sums[0].split()[-1]) / float(counts[0].split()[-1]) * 1e3
+    assert row["latency_ms"] == pytest.approx(mean_ms, rel=1e-6) and row["latency_ms"] > 0
+
+
 def test_the_api_key_guards_the_data_not_the_page() -> None:
     app = create_app(["lenet5:fashion_mnist"], api_key="s3cret")
     with TestClient(app) as client:
