@@ -177,7 +177,7 @@ def test_explain_overlay_target_and_cache(explorer) -> None:
 
 
 def test_images_are_kept_by_digest_and_forgotten_oldest_first(resnet20) -> None:
-    explorer = Explorer(Provider(resnet20=resnet20), decode, max_images=2)
+    explorer = Explorer(Provider(resnet20=resnet20), decode, image_bytes=25)
     ids = [explorer.add_image(bytes([i]) * 10, "image/png").id for i in range(3)]
     assert explorer.add_image(bytes([2]) * 10, "image/png").id == ids[2]
     with pytest.raises(NotFound, match="send it again"):

@@ -137,13 +137,12 @@ class Explorer:
         *,
         latency_ms: Callable[[str], float | None] = lambda name: None,
         cache_mb: int = 256,
-        max_images: int = 64,
+        image_bytes: int = 128 * 2**20,
     ) -> None:
         self.models = models
         self.decode = decode
         self.latency_ms = latency_ms  # the server's measured time per image, by model
-        self.images: OrderedDict[str, StoredImage] = OrderedDict()
-        self.max_images = max_images
+        self.images = ByteCache(image_bytes)  # uploads by digest, the oldest forgotten first
         self.values = ByteCache(cache_mb * 2**20)  # layer outputs and inputs, prepared inputs
         self.results = ByteCache(64 * 2**20)  # finished answers: map pages, overlays
         # Per model object: a model that is replaced or unloaded takes its session with it.
@@ -159,18 +158,15 @@ class Explorer:
         """Keep an upload (already checked by the server's upload rules) under its digest."""
         image_id = hashlib.sha256(data).hexdigest()[:24]
         stored = self.images.get(image_id) or StoredImage(image_id, data, media_type)
-        self.images[image_id] = stored
-        self.images.move_to_end(image_id)
-        while len(self.images) > self.max_images:
-            self.images.popitem(last=False)
+        self.images.put(image_id, stored, len(data))
         return stored
 
     def image(self, image_id: str) -> StoredImage:
         stored = self.images.get(image_id)
         if stored is None:
             raise NotFound(
-                f"no image {image_id!r} here (the server keeps the last {self.max_images}); "
-                "send it again"
+                f"no image {image_id!r} here (the server keeps the most recent "
+                f"{self.images.max_bytes / 2**20:g} MB of them); send it again"
             )
         return stored
 
