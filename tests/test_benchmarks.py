@@ -153,3 +153,16 @@ def test_serve_benchmark_compares_servers_and_prints_ratios(tmp_path) -> None:
     for server in ("cnnzoo", "cnnzoo-nobatch", "handwritten"):
         assert row[server]["requests"] > 0 and row[server]["errors"] == 0
         assert 0 < row[server]["p50_ms"] <= row[server]["p99_ms"]
+
+
+@pytest.mark.slow
+def test_explorer_benchmark_times_each_request(tmp_path) -> None:
+    out = tmp_path / "explorer.json"
+    done = run_script("explorer.py", "--models", "resnet18", "--images", "1", "--out", str(out))
+    assert "machine:" in done.stdout and "load average" in done.stdout
+    assert "loaded resnet18" in done.stdout
+    times = json.loads(out.read_text())["models"]["resnet18"]
+    for request in ("layer graph, first request", "top-5 (the API's predict)",
+                    "Grad-CAM (deepest stage)", "maps conv1 (shallow), first page",
+                    "unit arithmetic layer3.0.conv2"):  # fmt: skip
+        assert times[request] > 0, request

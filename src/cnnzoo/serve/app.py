@@ -50,8 +50,8 @@ def create_app(
     :class:`~cnnzoo.serve.options.ServeOptions` fields (``max_batch=8``, ``api_key=...``).
 
     The served models are ``app.state.models`` (:class:`~cnnzoo.serve.models.ServedModels`);
-    ``/`` is left free for a page. Mounted inside another app (whose lifespan does not reach
-    it) the workers start with the first request.
+    ``/`` is the explorer page (:mod:`cnnzoo.explorer`). Mounted inside another app (whose
+    lifespan does not reach it) the workers start with the first request.
     """
     settings = ServeOptions.from_kwargs(options)
     from cnnzoo.train.hardware import resolve_device
