@@ -8,7 +8,7 @@ STAMP := $(VENV)/.cnnzoo-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 RUN ?= runs/demo
 
-.PHONY: demo test lint data setup clean
+.PHONY: demo test lint data browser setup clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,20 @@ data:
 		echo "note: could not install dataset-fashion-mnist; put the Fashion-MNIST IDX files in \$$CNNZOO_DATA"; \
 	fi
 
+# The explorer's browser tests drive Debian's chromium through chromium-driver (the same
+# version by construction); install both where apt works.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser: $$(chromium --version 2>/dev/null | head -n1)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		sudo apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "note: could not install chromium and chromium-driver; the browser tests need them"; \
+	fi
+
 # LeNet-5 on Fashion-MNIST with the time-to-accuracy recipe (src/cnnzoo/recipes/
 # lenet5_fashion_mnist.yaml): about a minute on 2 CPU cores, ~91 %.
 demo: $(STAMP) data
@@ -38,7 +52,7 @@ demo: $(STAMP) data
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(STAMP) data lint
+test: $(STAMP) data browser lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -136,3 +136,33 @@ def test_threads_benchmark_measures_each_variant_under_load(tmp_path) -> None:
         assert set(variants) == {"1 thread", f"{os.cpu_count()} threads", "default"}
         assert all(v["images_per_s"] > 0 for v in variants.values())
     assert results["loaded"]["1 thread"]["threads_chosen"] == [1]
+
+
+@pytest.mark.slow
+def test_serve_benchmark_compares_servers_and_prints_ratios(tmp_path) -> None:
+    out = tmp_path / "serve.json"
+    done = run_script(
+        "serve.py", "--models", "lenet5", "--concurrency", "2", "--seconds", "0.5",
+        "--warmup", "0.2", "--rounds", "1", "--threads", "1", "--no-litserve", "--out", str(out),
+    )  # fmt: skip
+    assert "machine:" in done.stdout and "load average" in done.stdout
+    assert "cnnzoo / handwritten" in done.stdout and "offline ceiling" in done.stdout
+    (model,) = json.loads(out.read_text())["models"]
+    (row,) = model["rows"]
+    assert row["concurrency"] == 2 and row["offline_images_per_s"] > 0
+    for server in ("cnnzoo", "cnnzoo-nobatch", "handwritten"):
+        assert row[server]["requests"] > 0 and row[server]["errors"] == 0
+        assert 0 < row[server]["p50_ms"] <= row[server]["p99_ms"]
+
+
+@pytest.mark.slow
+def test_explorer_benchmark_times_each_request(tmp_path) -> None:
+    out = tmp_path / "explorer.json"
+    done = run_script("explorer.py", "--models", "resnet18", "--images", "1", "--out", str(out))
+    assert "machine:" in done.stdout and "load average" in done.stdout
+    assert "loaded resnet18" in done.stdout
+    times = json.loads(out.read_text())["models"]["resnet18"]
+    for request in ("layer graph, first request", "top-5 (the API's predict)",
+                    "Grad-CAM (deepest stage)", "maps conv1 (shallow), first page",
+                    "unit arithmetic layer3.0.conv2"):  # fmt: skip
+        assert times[request] > 0, request

@@ -68,6 +68,7 @@ def stage_maps_figure(
     ``info`` describes the stages of ``maps`` (e.g. a backbone's ``feature_info``); ``image``,
     the uint8 input, is shown at the left of the first row.
     """
+    from cnnzoo.analysis.activations import rank_channels
     from cnnzoo.analysis.plots import _new_figure, _show_image
 
     if len(maps) != len(info):
@@ -78,8 +79,7 @@ def stage_maps_figure(
     grid = fig.add_gridspec(len(maps), columns + 1, width_ratios=[1] * columns + [0.08])
     for row, (stage_map, stage) in enumerate(zip(maps, info, strict=True)):
         first = stage_map[0]
-        strength = first.mean(dim=(1, 2))
-        order = strength.argsort(descending=True)[: min(count, first.shape[0])]
+        order = rank_channels(first)[:count]
         chosen = first[order]
         low, high = float(chosen.min()), float(chosen.max())
         high = high if high > low else low + 1e-6

@@ -27,7 +27,17 @@ import cnnzoo
 from cnnzoo.progress import each_with_bar
 from cnnzoo.registry import get_entry
 
-__all__ = ["ModelFigures", "cache_file", "compute_figures", "figures_key", "model_figures"]
+__all__ = [
+    "SELECTION_GUIDE",
+    "ModelFigures",
+    "ZooRow",
+    "cache_file",
+    "compute_figures",
+    "figures_key",
+    "model_figures",
+    "selection_guide",
+    "zoo_rows",
+]
 
 # Code every model's figures depend on besides its own file.
 SHARED_SOURCES = ("registry.py", "models/base.py", "models/layers.py", "analysis/flops.py")
@@ -122,3 +132,69 @@ def model_figures(
         stored[name] = {"key": keys[name], "figures": dataclasses.asdict(figures[name])}
     _write(path, stored)
     return figures
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    """One line of the zoo catalogue: ``cnnzoo models``' columns and what the explorer adds."""
+
+    name: str
+    family: str
+    year: int
+    paper: str
+    params: int
+    macs: int
+    input_side: int
+    min_input_size: int
+    imagenet_top1: float | None
+    weights: tuple[str, ...]  # weight names, cnnzoo's shipped ones first
+
+
+def zoo_rows(
+    names: list[str], *, progress: bool = True, console: Console | None = None
+) -> list[ZooRow]:
+    """The catalogue rows of ``names``, with :func:`model_figures`' cached counts."""
+    from cnnzoo.pretrained import list_weights
+
+    figures = model_figures(names, progress=progress, console=console)
+    weights: dict[str, list[str]] = {}
+    for spec in sorted(list_weights(), key=lambda spec: spec.source != "cnnzoo"):
+        weights.setdefault(spec.model, []).append(spec.name)
+    rows = []
+    for name in names:
+        entry, row = get_entry(name), figures[name]
+        rows.append(
+            ZooRow(
+                name=name,
+                family=entry.family,
+                year=entry.paper.year,
+                paper=entry.paper.title,
+                params=row.params,
+                macs=row.macs,
+                input_side=row.input_side,
+                min_input_size=row.min_input_size,
+                imagenet_top1=entry.imagenet_top1,
+                weights=tuple(weights.get(name, ())),
+            )
+        )
+    return rows
+
+
+# The course notes' model selection guide (seed 003, section 7: 용도별 추천), as patterns over
+# the zoo's names.
+SELECTION_GUIDE: dict[str, tuple[str, ...]] = {
+    "fast inference": ("mobilenet_*", "efficientnet_b0"),  # MobileNet, EfficientNet-B0
+    "high accuracy": ("efficientnet_b[4-7]",),  # EfficientNet-B4~B7
+    "learning": ("vgg*", "resnet18"),  # VGG, ResNet-18
+    "memory limited": ("mobilenet_*", "shufflenet_*"),  # MobileNet, ShuffleNet
+}
+
+
+def selection_guide(names: list[str]) -> dict[str, list[str]]:
+    """Each preset of :data:`SELECTION_GUIDE` as the model names it picks."""
+    import fnmatch
+
+    return {
+        preset: [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)]
+        for preset, patterns in SELECTION_GUIDE.items()
+    }

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.weights_cmd",
     "cnnzoo.cli.explain_cmd",
     "cnnzoo.cli.experiment_cmd",
+    "cnnzoo.cli.serve_cmd",
 )
 
 

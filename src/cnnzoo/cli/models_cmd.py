@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from cnnzoo.analysis.zoo_table import model_figures
+    from cnnzoo.analysis.zoo_table import zoo_rows
     from cnnzoo.registry import get_entry, list_models
 
     pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
@@ -112,18 +112,15 @@ def run_models(args: argparse.Namespace) -> int:
     table.add_column("input", justify="right")
     table.add_column("min", justify="right")
     table.add_column("top-1", justify="right")
-    figures = model_figures(names, progress=not args.no_progress)
-    for name in names:
-        entry = get_entry(name)
-        row = figures[name]
+    for row in zoo_rows(names, progress=not args.no_progress):
         table.add_row(
-            name,
-            entry.family,
+            row.name,
+            row.family,
             f"{row.params / 1e6:.2f} M",
             f"{row.macs / 1e9:.3f}",
             str(row.input_side),
             str(row.min_input_size),
-            f"{entry.imagenet_top1:.2f}" if entry.imagenet_top1 is not None else "--",
+            f"{row.imagenet_top1:.2f}" if row.imagenet_top1 is not None else "--",
         )
     _console().print(table)
     return 0

@@ -17,10 +17,33 @@ WEIGHTS_HELP = (
 )
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """SOURCE and --weights: the same on predict, evaluate, export, summary and explain."""
-    parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """SOURCE and --weights: the same on predict, evaluate, export, summary and explain.
+
+    ``many``: ``SOURCE [SOURCE ...]`` into ``args.sources`` (serve), each also ``MODEL:WEIGHTS``
+    or ``NAME=SOURCE``; --weights then applies to a single model name."""
+    if many:
+        parser.add_argument(
+            "sources",
+            metavar="SOURCE",
+            nargs="+",
+            help=f"{SOURCE_HELP}; also MODEL:WEIGHTS (lenet5:digits), and NAME=SOURCE to choose "
+            "the name it is served under",
+        )
+    else:
+        parser.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     parser.add_argument("--weights", metavar="NAME_OR_FILE", help=WEIGHTS_HELP)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:

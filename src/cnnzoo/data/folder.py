@@ -15,11 +15,13 @@ every image in the folder is grey.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -50,6 +52,10 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
+class ImageTooLargeError(DataError):
+    """An image whose header claims more pixels than allowed; it was not decoded."""
+
+
 def read_image(
     path: str | Path, channels: int = 3, *, draft_size: int | None = None
 ) -> torch.Tensor:
@@ -60,30 +66,65 @@ def read_image(
     bits, and the EXIF orientation is applied. ``draft_size`` lets JPEG decoding shrink the
     image (by powers of two, never below that side), which is much faster for big photos.
     """
+    check_regular_file(path)
+    return image_tensor(decode_image(path, channels, name=str(path), draft_size=draft_size))
+
+
+def image_tensor(array: np.ndarray) -> torch.Tensor:
+    """A decoded (H, W) or (H, W, C) uint8 array as the (C, H, W) tensor models read."""
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def decode_image(
+    source: str | Path | BinaryIO,
+    channels: int = 3,
+    *,
+    name: str = "image",
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    draft_size: int | None = None,
+) -> np.ndarray:
+    """:func:`read_image`'s decoding, for a file or a binary stream (an upload held in memory),
+    to a uint8 (H, W) or (H, W, C) array: no torch call, so any thread may run it.
+
+    The pixel count is read from the header and checked against ``max_pixels`` (default
+    ``CNNZOO_MAX_IMAGE_PIXELS``) before anything is decoded: :class:`ImageTooLargeError`.
+    ``formats`` limits the decoders PIL tries (e.g. ``("PNG", "JPEG")``). Any other failure is
+    a :class:`DataError` that starts with ``name``.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    check_regular_file(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit_text = (
+        f"{limit / 1e6:.0f}-megapixel limit (set CNNZOO_MAX_IMAGE_PIXELS to raise it)"
+        if max_pixels is None
+        else f"limit of {limit:,} pixels"
+    )
     try:
         with warnings.catch_warnings():
             # PIL only warns below twice its own limit; cnnzoo's limit is checked just below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source, formats=formats)
         with img:
             width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"{path}: {width}x{height} pixels is more than the "
-                    f"{MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel limit (set CNNZOO_MAX_IMAGE_PIXELS "
-                    "to raise it); not decoded"
+            if width * height > limit:
+                raise ImageTooLargeError(
+                    f"{name}: {width}x{height} pixels is more than the {limit_text}; not decoded"
                 )
             if draft_size is not None and img.format == "JPEG":
                 img.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
             img = ImageOps.exif_transpose(img)
             array = np.asarray(_convert(img, channels))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
-    tensor = torch.from_numpy(array.copy())
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    except Image.DecompressionBombError as exc:  # PIL's own ceiling, met while opening
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "the image"
+        raise ImageTooLargeError(
+            f"{name}: {size} is more than the {limit_text}; not decoded"
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{name}: not a readable image ({exc})") from exc
+    return array
 
 
 def check_regular_file(path: str | Path) -> None:

@@ -143,7 +143,19 @@ def _is_torch_layer(module: nn.Module) -> bool:
     )
 
 
-class _StageTracer(fx.Tracer):
+class LayerTracer(fx.Tracer):
+    """A torch.fx tracer that keeps torch.nn layers (and modules marked ``trace_as_leaf``) as
+    single nodes and traces through every container."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # Modules that branch on self.training (stochastic depth) or on concrete shapes declare
+        # `trace_as_leaf`; keeping them whole keeps the graph right in train and eval mode.
+        return bool(getattr(m, "trace_as_leaf", False)) or (
+            _is_torch_layer(m) and not isinstance(m, nn.Sequential)
+        )
+
+
+class _StageTracer(LayerTracer):
     """Traces ``forward_features`` and remembers the value each wanted module returns."""
 
     traced_func_name = "forward_features"
@@ -152,13 +164,6 @@ class _StageTracer(fx.Tracer):
         super().__init__()
         self.wanted = set(wanted)
         self.outputs: dict[str, fx.Node] = {}
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        # Modules that branch on self.training (stochastic depth) or on concrete shapes declare
-        # `trace_as_leaf`; keeping them whole keeps the graph right in train and eval mode.
-        return bool(getattr(m, "trace_as_leaf", False)) or (
-            _is_torch_layer(m) and not isinstance(m, nn.Sequential)
-        )
 
     def call_module(
         self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

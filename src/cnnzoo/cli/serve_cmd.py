@@ -1,0 +1,202 @@
+"""`cnnzoo serve`: models behind an HTTP API, on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from cnnzoo.cli.options import add_source_arguments, positive_float, positive_int
+from cnnzoo.errors import CnnzooError, UsageError
+
+API_KEY_ENV = "CNNZOO_API_KEY"
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve models over HTTP (predict, explain, Open Inference Protocol v2, metrics)",
+        description=(
+            "Serve one or more models over HTTP: `cnnzoo serve runs/r20 resnet20:fashion_mnist "
+            "lenet5:digits`. Each is served under its model name or its run directory's name "
+            "(NAME=SOURCE chooses). Requests are batched per model on one inference thread; "
+            "uploads are checked before they are decoded. Endpoints: /v1/models, "
+            "/v1/models/NAME/predict, /v1/models/NAME/explain, /v2/... (KServe, Triton), "
+            "/metrics, /healthz, /readyz, /docs."
+        ),
+    )
+    add_source_arguments(serve, many=True)
+    net = serve.add_argument_group("network and access")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    net.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    net.add_argument(
+        "--api-key",
+        help="require Authorization: Bearer KEY on all but the health endpoints (default: "
+        f"${API_KEY_ENV}, when set)",
+    )
+    net.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN call the API (repeatable; * for any); CORS is off by default",
+    )
+    net.add_argument("--access-log", action="store_true", help="log every request (uvicorn's)")
+    speed = serve.add_argument_group("batching and compute")
+    speed.add_argument("--max-batch", type=positive_int, default=8, help="images per forward pass")
+    speed.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch may wait to fill while more requests are arriving (default 5)",
+    )
+    speed.add_argument(
+        "--queue-size", type=positive_int, default=128, help="images waiting per model (then 503)"
+    )
+    speed.add_argument(
+        "--optimize", action="store_true", help="serve cnnzoo.optimize's checked fast copy"
+    )
+    speed.add_argument(
+        "--threads", type=positive_int, help="torch threads (default: the cores left free)"
+    )
+    speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds per request (then 504)"
+    )
+    limits.add_argument(
+        "--max-upload-mb", type=positive_float, default=10.0, help="request body (then 413)"
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=40_000_000,
+        help="pixels in one image, read from its header before decoding (then 413)",
+    )
+    limits.add_argument(
+        "--max-images", type=positive_int, default=64, help="images in one request (then 413)"
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def _sources(args: argparse.Namespace) -> list[Any]:
+    from cnnzoo.serve.models import parse_source
+
+    if args.weights is not None:
+        if len(args.sources) != 1:
+            raise UsageError("--weights goes with one model; for several use MODEL:WEIGHTS each")
+        return [parse_source(args.sources[0], args.weights)]
+    return [parse_source(source) for source in args.sources]
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise CnnzooError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _say(message: str) -> None:
+    print(f"cnnzoo serve: {message}", flush=True)
+
+
+def _announce_ready(app: Any, started: float) -> None:
+    models = app.state.models
+    models.wait_ready()
+    failed = [f"{s.name}: {s.worker.error}" for s in models if s.worker.error is not None]
+    if failed:
+        print(f"cnnzoo serve: error: failed to warm up: {'; '.join(failed)}", file=sys.stderr)
+        return
+    notes = [f"{s.name} {s.info()['optimized']}" for s in models if s.worker.optimize_report]
+    _say(f"ready in {time.perf_counter() - started:.1f} s" + "".join(f"; {n}" for n in notes))
+
+
+def _answered(app: Any) -> int:
+    metric = app.state.metrics.requests
+    return int(
+        sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("total"))
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cnnzoo.serve import create_app
+
+    started = time.perf_counter()
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(
+        _sources(args),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        timeout=args.timeout,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        api_key=api_key,
+        cors_origins=tuple(args.cors_origin),
+        optimize=args.optimize,
+        threads=args.threads,
+        device=args.device,
+    )
+    for served in app.state.models:
+        _say(served.startup_line())
+    sock = _listen(args.host, args.port)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=args.access_log,
+        lifespan="on",
+        server_header=False,
+        # In-flight requests end by their own --timeout; then the workers drain their queues.
+        timeout_graceful_shutdown=int(args.timeout) + 5,
+    )
+    server = uvicorn.Server(config)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(
+            f"cnnzoo serve: warning: listening on {args.host} without --api-key: anyone who can "
+            "reach this machine can use the models",
+            file=sys.stderr,
+        )
+    _say(f"{_url(sock)} (API docs at /docs; Ctrl-C to stop)")
+    threading.Thread(target=_announce_ready, args=(app, started), daemon=True).start()
+    # uvicorn catches SIGINT/SIGTERM, stops taking connections, lets the requests in flight
+    # finish, then sends the signal again to the handler it found: a do-nothing one, so that a
+    # clean stop ends with status 0 rather than as an interrupted command.
+    stops: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda n, _: stops.append(n))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    if not server.started:
+        raise CnnzooError("the server did not start (see the messages above)")
+    why = f" on {signal.Signals(stops[0]).name}" if stops else ""
+    _say(f"stopped{why} after {_answered(app)} requests")
+    return 0

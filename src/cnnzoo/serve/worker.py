@@ -1,0 +1,380 @@
+"""One inference thread per served model: the only place its torch code runs.
+
+Request handlers put decoded images (or ready input tensors) into the worker's bounded queue
+and await the answers; the worker takes what is waiting, up to ``max_batch`` images, runs one
+forward pass and hands every request its rows. It waits up to ``max_wait_ms`` for a batch to
+fill, but only while a request for this model is being read or decoded (counted by
+:meth:`ModelWorker.incoming`): a lone client never pays the wait, and under load the batch
+fills while the previous one computes.
+
+Workers of different models share one lock around their forward passes, so that at any moment
+one batch has all of torch's threads; anything else that must call torch on the model (Grad-CAM,
+feature maps) goes through :meth:`ModelWorker.call` and runs on the same thread, between
+batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnnzoo.serve.errors import ApiError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnzoo.inference import InferenceModel
+    from cnnzoo.serve.metrics import ServeMetrics
+
+__all__ = ["COMPUTE_LOCK", "ImageResult", "ModelWorker"]
+
+log = logging.getLogger("cnnzoo.serve")
+
+# One forward pass at a time in this process, whichever model: each gets every core.
+COMPUTE_LOCK = threading.Lock()
+_STOP = object()
+
+
+@dataclass
+class ImageResult:
+    """What the worker found for one image."""
+
+    top: list[tuple[int, float]]  # (class index, probability), best first
+    logits: list[float] | None  # when asked for (the v2 protocol)
+    probabilities: list[float] | None
+    queue_ms: float  # from entering the queue to its batch's start
+    inference_ms: float  # its batch's preprocessing and forward pass
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    image: np.ndarray | None = None  # decoded uint8 (H, W[, C]): preprocessed by the worker
+    tensor: np.ndarray | None = None  # an input already preprocessed, float32 (C, H, W)
+    topk: int = 5
+    outputs: bool = False  # return the logits and probabilities too
+    call: Callable[[], Any] | None = None
+    queued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def images(self) -> int:
+        return 0 if self.call is not None else 1
+
+
+def _settle(future: asyncio.Future, value: Any, failed: bool) -> None:
+    if future.done():  # the request timed out or its client left
+        return
+    if failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+class ModelWorker:
+    """The thread that owns one model's torch work, and its queue."""
+
+    def __init__(
+        self,
+        name: str,
+        loaded: InferenceModel,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 128,
+        threads: int | None = None,
+        device: str | torch.device = "cpu",
+        optimize: bool = False,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        self.name, self.loaded = name, loaded
+        self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait_ms) / 1e3
+        self.queue_size, self.threads, self.device = queue_size, threads, device
+        self.optimize_requested = optimize
+        self.metrics = metrics
+        self.runner: Callable[[Any], Any] = loaded.model  # replaced by the optimized copy
+        self.optimize_report: Any = None
+        self.ready = threading.Event()  # warmed up (or failed: see .error)
+        self.error: BaseException | None = None
+        self.warmup_s: float | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._held: Any = None  # a job taken while filling a batch that must run on its own
+        self._lock = threading.Lock()
+        self._waiting = 0  # images in the queue
+        self._incoming = 0  # requests being read or decoded for this model
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.images_done = 0
+
+    # ------------------------------------------------------------------ the request side
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+        return self._waiting
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around reading and decoding a request for this model: the worker may wait for it."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
+
+    def start(self) -> None:
+        """Start the thread (once); it warms up, then serves the queue."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"cnnzoo-serve-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then end the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _check_usable(self) -> None:
+        if self.error is not None:
+            raise ApiError(503, f"model {self.name} failed to start: {self.error}")
+
+    def _enqueue(self, jobs: list[_Job]) -> None:
+        self._check_usable()
+        self.start()
+        images = sum(job.images for job in jobs)
+        with self._lock:
+            # An empty queue takes any one request, however many images it has.
+            if self._waiting and self._waiting + images > self.queue_size:
+                raise ApiError(
+                    503,
+                    f"model {self.name} is busy: {self._waiting} images queued (limit "
+                    f"{self.queue_size}); retry shortly",
+                    {"Retry-After": "1"},
+                )
+            self._waiting += images
+        for job in jobs:
+            self._queue.put(job)
+
+    async def infer(
+        self,
+        images: list[np.ndarray] | None = None,
+        *,
+        tensors: list[np.ndarray] | None = None,
+        topk: int = 5,
+        outputs: bool = False,
+        timeout: float | None = None,
+    ) -> list[ImageResult]:
+        """Classify decoded ``images`` (uint8 arrays; the model's preprocessing is applied) or
+        ready float32 ``tensors`` (C, H, W); 503 when the queue is full, 504 past ``timeout``."""
+        loop = asyncio.get_running_loop()
+        jobs = [
+            _Job(loop, loop.create_future(), image=image, topk=topk, outputs=outputs)
+            for image in images or []
+        ] + [
+            _Job(loop, loop.create_future(), tensor=tensor, topk=topk, outputs=outputs)
+            for tensor in tensors or []
+        ]
+        self._enqueue(jobs)
+        futures = [job.future for job in jobs]
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504, f"no answer from model {self.name} within the {timeout:g} s timeout"
+            ) from None
+        finally:
+            for future in futures:  # the worker skips what nobody waits for any more
+                future.cancel()
+
+    async def call(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` on this model's thread, between its batches, and return
+        its result (or raise its exception); 504 past ``timeout`` seconds. Torch work on the
+        model goes through here, so that it never runs beside a batch."""
+        loop = asyncio.get_running_loop()
+        job = _Job(loop, loop.create_future(), call=lambda: fn(*args, **kwargs))
+        self._enqueue([job])
+        try:
+            return await asyncio.wait_for(job.future, timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504, f"no answer from model {self.name} within the {timeout:g} s timeout"
+            ) from None
+        finally:
+            job.future.cancel()
+
+    # ------------------------------------------------------------------ the worker thread
+
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as exc:  # noqa: BLE001 - reported by /readyz and every request
+            self.error = exc
+            log.error("model %s failed to warm up: %s", self.name, exc)
+        finally:
+            self.ready.set()
+        while True:
+            job = self._next()
+            if job is _STOP:
+                break
+            if self.error is not None:
+                self._fail([job], ApiError(503, f"model {self.name} failed to start"))
+            elif job.call is not None:
+                self._run_call(job)
+            else:
+                self._run_batch(self._fill(job))
+
+    def _next(self) -> Any:
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        return self._queue.get()
+
+    def _fill(self, first: _Job) -> list[_Job]:
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if self._incoming <= 0 or remaining <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if job is _STOP or job.call is not None:
+                self._held = job
+                break
+            batch.append(job)
+        return batch
+
+    def _finish(self, jobs: list[_Job], values: list[Any]) -> None:
+        self._deliver(jobs, values, failed=False)
+
+    def _fail(self, jobs: list[_Job], exc: BaseException) -> None:
+        self._deliver(jobs, [exc] * len(jobs), failed=True)
+
+    def _deliver(self, jobs: list[_Job], values: list[Any], failed: bool) -> None:
+        with self._lock:
+            self._waiting -= sum(job.images for job in jobs)
+        for job, value in zip(jobs, values, strict=True):
+            job.loop.call_soon_threadsafe(_settle, job.future, value, failed)
+
+    def _run_call(self, job: _Job) -> None:
+        if job.future.done():
+            return
+        assert job.call is not None
+        try:
+            with COMPUTE_LOCK:
+                result = job.call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+            self._fail([job], exc)
+        else:
+            self._finish([job], [result])
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from cnnzoo.data.folder import image_tensor
+
+        live = [job for job in batch if not job.future.done()]
+        gone = [job for job in batch if job.future.done()]
+        if gone:
+            self._finish(gone, [None] * len(gone))
+        if not live:
+            return
+        start = time.perf_counter()
+        inputs, ready = [], []
+        for job in live:
+            try:
+                if job.tensor is not None:
+                    inputs.append(torch.from_numpy(job.tensor))
+                else:
+                    inputs.append(self.loaded.preprocess(image_tensor(job.image)))
+                ready.append(job)
+            except Exception as exc:  # this image only: a 400 for its request
+                self._fail([job], ApiError(400, f"cannot prepare the image: {exc}"))
+        if not ready:
+            return
+        try:
+            with COMPUTE_LOCK, torch.inference_mode():
+                x = torch.stack(inputs).to(self.device)
+                output = self.runner(x)
+                while isinstance(output, (tuple, list)):
+                    output = output[0]
+                logits = output.float().cpu()
+                probs = F.softmax(logits, dim=1)
+                k = min(max(job.topk for job in ready), probs.shape[1])
+                top_p, top_i = probs.topk(k, dim=1)
+        except Exception as exc:  # noqa: BLE001 - the model failed: every request in it hears
+            log.exception("model %s failed on a batch of %d", self.name, len(ready))
+            self._fail(ready, exc)
+            return
+        done = time.perf_counter()
+        inference_ms = (done - start) * 1e3
+        top_p, top_i = top_p.tolist(), top_i.tolist()
+        results = []
+        for row, job in enumerate(ready):
+            keep = min(job.topk, k)
+            results.append(
+                ImageResult(
+                    top=list(zip(top_i[row][:keep], top_p[row][:keep], strict=True)),
+                    logits=logits[row].tolist() if job.outputs else None,
+                    probabilities=probs[row].tolist() if job.outputs else None,
+                    queue_ms=(start - job.queued) * 1e3,
+                    inference_ms=inference_ms,
+                    batch_size=len(ready),
+                )
+            )
+        self.batches += 1
+        self.images_done += len(ready)
+        if self.metrics is not None:
+            self.metrics.batch(
+                self.name, len(ready), done - start, [start - j.queued for j in ready]
+            )
+        self._finish(ready, results)
+
+    def _warm_up(self) -> None:
+        """Threads, the optimized copy when asked for, and one pass at every batch size (the
+        first pass at a new shape is the slow one)."""
+        import torch
+
+        from cnnzoo.train.hardware import default_threads
+
+        start = time.perf_counter()
+        torch.set_num_threads(self.threads or default_threads())
+        model = self.loaded.model.to(self.device).eval()
+        example = torch.zeros(
+            self.max_batch, self.loaded.channels, *self.loaded.input_size, device=self.device
+        )
+        with COMPUTE_LOCK:
+            if self.optimize_requested:
+                from cnnzoo.optimize import optimize
+
+                fast = optimize(model, example)
+                self.runner, self.optimize_report = fast, fast.report
+            with torch.inference_mode():
+                for size in range(1, self.max_batch + 1):
+                    self.runner(example[:size])
+        self.warmup_s = time.perf_counter() - start
