@@ -170,3 +170,25 @@ def test_fast_data_path_learns_as_well_as_a_plain_dataloader(tmp_path) -> None:
         plain = (model(prepare(bundle.test.images)).argmax(1) == bundle.test.labels).float().mean()
     assert plain.item() >= 0.9 and fast["test_top1"] >= 0.9
     assert abs(fast["test_top1"] - plain.item()) <= 0.03
+
+
+def test_the_notes_python_transfer_recipe_trains_as_the_cli_does(tmp_path) -> None:
+    """create_model(weights=...), requires_grad=False, a new head, fit: the weights' own
+    normalisation, and the frozen layers' batch-norm statistics stay as they came."""
+    model = cnnzoo.create_model("resnet20", weights="fashion_mnist")
+    for param in model.parameters():
+        param.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, 10)  # digits' ten classes
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert any(k.endswith("running_mean") for k in frozen)
+    history = fit(model, "digits", epochs=1, output_dir=str(tmp_path / "run"), **DIGITS)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    # Fashion-MNIST's statistics, which the weights were trained with (digits' own are others).
+    assert config["data"]["mean"] == pytest.approx(model.pretrained_cfg["mean"])
+    assert config["data"]["std"] == pytest.approx(model.pretrained_cfg["std"])
+    for key, value in frozen.items():
+        assert torch.equal(history.model.state_dict()[key], value), key
+    assert not torch.equal(history.model.fc.weight, nn.Linear(64, 10).weight)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "normalised with the statistics of its fashion_mnist weights" in log
+    assert "batch norms of the frozen layers stay in eval mode" in log

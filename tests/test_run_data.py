@@ -1,0 +1,99 @@
+"""Every reader of a run sees the data split the run trained with: evaluate, predict --split,
+resume; recorded in the run, so a folder that gains files later changes nothing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnzoo.cli.eval_cmd import evaluate_run
+from cnnzoo.cli.main import main
+from cnnzoo.train import fit
+
+FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)
+
+
+def write_pets(root: Path, per_class: int, start: int = 0, side: int = 20) -> None:
+    """Two classes told apart by colour: 'cat' images are reddish, 'dog' images greenish."""
+    rng = np.random.default_rng(start)
+    for channel, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            pixels = rng.integers(0, 120, (side, side, 3), dtype=np.uint8)
+            pixels[..., channel] += 120
+            Image.fromarray(pixels).save(root / name / f"{name}{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def pet_run(tmp_path_factory) -> tuple[Path, Path]:
+    """lenet5 trained one epoch on a 60 + 60 image folder split 90/20/10 (the notes' way)."""
+    base = tmp_path_factory.mktemp("pets")
+    folder, run = base / "pets", base / "run"
+    write_pets(folder, 60)
+    fit(model="lenet5", dataset=f"imagefolder:{folder}", split=[90, 20, 10], epochs=1,
+        batch_size=16, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
+    return folder, run
+
+
+def test_evaluate_scores_the_runs_own_test_split(pet_run) -> None:
+    folder, run = pet_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["split"] == [90, 20, 10]
+    metrics = json.loads((run / "metrics.json").read_text())
+    result, info = evaluate_run(run)
+    # The 10 images the run held out, scored by the weights the run ended with: the very
+    # figure training printed (a re-split 0.8/0.1/0.1 would score 12 other images).
+    assert result.n == 10
+    assert result.top1 == pytest.approx(metrics["test_top1"], abs=1e-12)
+    assert result.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
+    val, _ = evaluate_run(run, split="val")
+    assert val.n == 20
+
+
+def test_the_test_files_are_recorded_and_never_seen_in_training(pet_run) -> None:
+    from cnnzoo.rundir import RunDir
+
+    folder, run = pet_run
+    recorded = RunDir(run).read_splits()
+    assert recorded is not None and recorded.root == folder
+    sizes = {name: len(split) for name, split in recorded.splits.items()}
+    assert sizes == {"train": 90, "val": 20, "test": 10}
+    test = set(recorded.splits["test"].paths)
+    assert not test & set(recorded.splits["train"].paths)
+    assert not test & set(recorded.splits["val"].paths)
+    assert all(path.is_file() and path.parent.parent == folder for path in test)
+
+
+def test_a_folder_that_gained_files_is_still_scored_on_the_recorded_split(
+    pet_run, tmp_path, capsys
+) -> None:
+    import shutil
+
+    folder, run = pet_run
+    grown = tmp_path / "pets"
+    shutil.copytree(folder, grown)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    # The copied run points at the copied folder, as a run moved with its data would.
+    config = json.loads((copy / "config.json").read_text())
+    config["dataset"] = f"imagefolder:{grown}"
+    (copy / "config.json").write_text(json.dumps(config))
+    splits = json.loads((copy / "splits.json").read_text())
+    splits["root"] = str(grown)
+    (copy / "splits.json").write_text(json.dumps(splits))
+    before, _ = evaluate_run(copy)
+    write_pets(grown, 7, start=500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after, _ = evaluate_run(copy)
+    said = " ".join(str(w.message) for w in caught)
+    assert "changed since the run trained" in said and "14 image(s) added" in said
+    assert after.n == 10 and after.top1 == before.top1 and after.loss == before.loss
+    code = main(["evaluate", str(copy), "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 0 and "changed since the run trained" in err
