@@ -83,17 +83,41 @@ def test_a_folder_that_gained_files_is_still_scored_on_the_recorded_split(
     config = json.loads((copy / "config.json").read_text())
     config["dataset"] = f"imagefolder:{grown}"
     (copy / "config.json").write_text(json.dumps(config))
-    splits = json.loads((copy / "splits.json").read_text())
-    splits["root"] = str(grown)
-    (copy / "splits.json").write_text(json.dumps(splits))
     before, _ = evaluate_run(copy)
     write_pets(grown, 7, start=500)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         after, _ = evaluate_run(copy)
     said = " ".join(str(w.message) for w in caught)
-    assert "changed since the run trained" in said and "14 image(s) added" in said
+    assert "changed since the run trained (14 image(s) added, 0 file(s) missing)" in said
     assert after.n == 10 and after.top1 == before.top1 and after.loss == before.loss
     code = main(["evaluate", str(copy), "--output", str(tmp_path / "eval")])
     err = capsys.readouterr().err
     assert code == 0 and "changed since the run trained" in err
+
+
+def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, tmp_path) -> None:
+    import shutil
+
+    from cnnzoo.rundir import RunDir
+
+    folder, run = pet_run
+    grown, copy = tmp_path / "pets", tmp_path / "run"
+    shutil.copytree(folder, grown)
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["dataset"] = f"imagefolder:{grown}"
+    (copy / "config.json").write_text(json.dumps(config))
+    write_pets(grown, 5, start=700)
+    recorded = RunDir(copy).read_splits(grown)
+    lost = recorded.splits["test"].paths[0]
+    lost.unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, _ = evaluate_run(copy)
+        fit(resume=str(copy), epochs=2, **FAST)
+    said = [str(w.message) for w in caught if "changed since" in str(w.message)]
+    assert said and "10 image(s) added, 1 file(s) missing: 1 test" in said[0]
+    assert result.n == 9
+    log = (copy / "train.log").read_text().splitlines()
+    assert "90 train / 20 val / 9 test" in [line for line in log if "params)" in line][-1]

@@ -10,6 +10,9 @@ A run directory holds
   see :mod:`cnnzoo.checkpoint`);
 * ``history.csv`` (one row per epoch), ``metrics.json`` (the final test metrics), ``train.log``,
   TensorBoard event files and the plots ``history.png`` / ``confusion_matrix.png``;
+* ``splits.json`` for an image folder: the files of its train, val and test splits, so that
+  every later reader (evaluate, predict --split, resume) sees exactly the split the run trained
+  with, even after the folder gained or lost files;
 * ``.cnnzoo.lock`` while a process trains in it.
 
 A folder counts as a run only when its ``config.json`` is a cnnzoo run config; ``--overwrite``
@@ -60,7 +63,9 @@ __all__ = [
     "load_run",
     "normalization_of",
     "resolve_run",
+    "RecordedSplits",
     "resumed_config",
+    "run_data",
     "run_transform",
     "weights_metadata",
 ]
@@ -86,9 +91,11 @@ RUN_FILES = (
       for suffix in (".safetensors", ".state.pt", ".safetensors.prev")),
     "history.png",
     "confusion_matrix.png",
+    "splits.json",
 )  # fmt: skip
 EVENTS = "events.out.tfevents.*"
 LOCK_FILE = ".cnnzoo.lock"
+SPLITS_FILE = "splits.json"
 
 
 def resumed_config(config: TrainConfig, overrides: Any = None) -> TrainConfig:
@@ -288,6 +295,51 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise CnnzooError(f"{self.metrics_path}: unreadable ({exc})") from None
 
+    # ------------------------------------------------------------------ the data split
+    def write_splits(self, bundle: Any) -> None:
+        """splits.json: an image folder's split file by file (nothing for in-memory sets,
+        whose splits their config reproduces)."""
+        from cnnzoo.data import FileSplit
+
+        if not isinstance(bundle.train, FileSplit):
+            return
+        root = Path(bundle.source)  # the split's paths are under it, as the folder was named
+
+        def entries(split: Any) -> list[list[Any]]:
+            if split is None:
+                return []
+            return [[Path(path).relative_to(root).as_posix(), int(label)]
+                    for path, label in zip(split.paths, split.labels, strict=True)]  # fmt: skip
+
+        record = {
+            "dataset": bundle.name, "root": str(root.resolve()),
+            "class_names": list(bundle.class_names),
+            "channels": bundle.channels,
+            "splits": {name: entries(getattr(bundle, name)) for name in ("train", "val", "test")},
+        }  # fmt: skip
+        # ensure_ascii keeps undecodable file names (surrogates) as escapes that read back.
+        self._write(SPLITS_FILE, (json.dumps(record, indent=0) + "\n").encode())
+
+    def read_splits(self, root: str | Path | None = None) -> RecordedSplits | None:
+        """The split splits.json records (None when the run has none), its files under ``root``
+        (default: the folder it was recorded from)."""
+        path = self.path / SPLITS_FILE
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            base = Path(root if root is not None else record["root"]).expanduser()
+            splits = {}
+            for name, rows in record["splits"].items():
+                from cnnzoo.data import FileSplit
+
+                splits[name] = FileSplit([base / rel for rel, _ in rows],
+                                         [int(label) for _, label in rows])  # fmt: skip
+            return RecordedSplits(base, [str(c) for c in record["class_names"]],
+                                  int(record["channels"]), splits)  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CnnzooError(f"{path}: unreadable split record ({_one_line(exc)})") from None
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
         self,
@@ -321,6 +373,93 @@ class RunDir:
         target = target if target.is_absolute() else self.path / target
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+@dataclasses.dataclass
+class RecordedSplits:
+    """An image folder's split as a run recorded it (``splits.json``)."""
+
+    root: Path
+    class_names: list[str]
+    channels: int
+    splits: dict[str, Any]  # "train" / "val" / "test" -> FileSplit
+
+    def bundle(self, image_size: int | None = None, seed: int = 0) -> Any:
+        """The DataBundle of these files, after saying (a DataWarning) how the folder changed
+        since they were recorded; recorded files that are gone are left out."""
+        from cnnzoo.data.folder import DataWarning, folder_bundle, folder_changes, printable_name
+
+        known = {path for split in self.splits.values() for path in split.paths}
+        added, missing = folder_changes(self.root, known)
+        splits = self.splits
+        if added or missing:
+            gone = set(missing)
+            counts = {name: sum(p in gone for p in split.paths) for name, split in splits.items()}
+            lost = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            warnings.warn(
+                f"{printable_name(str(self.root))} changed since the run trained "
+                f"({len(added)} image(s) added, {len(missing)} file(s) missing"
+                + (f": {lost}" if lost else "") + "); using the split the run recorded "
+                f"(test: {len(splits['test']) - counts.get('test', 0)} images)",
+                DataWarning,
+                stacklevel=3,
+            )
+            splits = {name: _without(split, gone) for name, split in splits.items()}
+        return folder_bundle(self.root, self.class_names, splits, channels=self.channels,
+                             image_size=image_size, seed=seed)  # fmt: skip
+
+
+def folder_of(dataset: str) -> Path:
+    """The folder of ``imagefolder:PATH``, as the run's files are found under it now."""
+    return Path(dataset.split(":", 1)[1]).expanduser().resolve()
+
+
+def _without(split: Any, gone: set[Path]) -> Any:
+    from cnnzoo.data import FileSplit
+
+    kept = [(path, label) for path, label in zip(split.paths, split.labels, strict=True)
+            if path not in gone]  # fmt: skip
+    return FileSplit([path for path, _ in kept], [label for _, label in kept])
+
+
+def run_data(
+    config: Mapping[str, Any],
+    run_dir: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+) -> Any:
+    """The data a run trained on, split exactly as it was (a DataBundle).
+
+    An image folder's split comes from the run's ``splits.json`` (its folder as the config names
+    it now); other datasets are split again with the run's own settings (``val_split``,
+    ``split``, ``seed``), which reproduce it. ``dataset`` other than the run's own is loaded and
+    split with those settings too.
+    """
+    from cnnzoo.data import load_dataset
+    from cnnzoo.data.splits import split_parts
+
+    own = str(config.get("dataset") or "")
+    spec = dataset or own
+    if spec == "arrays" or (not dataset and own == "arrays"):
+        raise UsageError(
+            "this run trained on arrays given to cnnzoo.fit, which it does not keep: score it in "
+            "Python with cnnzoo.evaluate(RUN, x_test, y_test), or name the data with --dataset "
+            "(a dataset name or imagefolder:PATH)"
+        )
+    if not spec:
+        raise UsageError("name the data with --dataset (a dataset name or imagefolder:PATH)")
+    if run_dir is not None and spec == own and own.startswith("imagefolder:"):
+        recorded = RunDir(run_dir).read_splits(folder_of(own))
+        if recorded is not None:
+            return recorded.bundle(seed=int(config.get("seed") or 0))
+    return load_dataset(
+        spec,
+        data_dir=data_dir or config.get("data_dir"),
+        val_split=float(config.get("val_split", 0.1)),
+        split=split_parts(config.get("split")) if spec.startswith("imagefolder:") else None,
+        seed=int(config.get("seed") or 0),
+    )
 
 
 def default_run_dir(model: str, dataset: str) -> Path:

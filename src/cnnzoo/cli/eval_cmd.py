@@ -112,8 +112,9 @@ def evaluate_source(
     fast: bool = False,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Score a loaded model on ``split`` of ``dataset`` (default: its run's or weights' own)."""
-    from cnnzoo.data import load_dataset, make_loader
+    from cnnzoo.data import make_loader
     from cnnzoo.data.datasets import canonical_name
+    from cnnzoo.rundir import run_data
 
     config = loaded.config
     spec = dataset or config.get("dataset")
@@ -121,13 +122,8 @@ def evaluate_source(
         spec = _weights_dataset(loaded)
     if not spec:
         raise UsageError(f"{loaded.description}: name the data to evaluate on with --dataset")
-    # The run's own data settings, so that "val" is the very images it held out.
-    bundle = load_dataset(
-        spec,
-        data_dir=data_dir or config.get("data_dir"),
-        val_split=float(config.get("val_split", 0.1)),
-        seed=int(config.get("seed", 0)),
-    )
+    # The run's own split, so that "test" and "val" are the very images it held out.
+    bundle = run_data(config, loaded.run_dir, dataset=spec, data_dir=data_dir)
     if bundle.num_classes != loaded.num_classes:
         raise CnnzooError(
             f"{spec} has {bundle.num_classes} classes but {loaded.description} predicts "

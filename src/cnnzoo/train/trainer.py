@@ -22,7 +22,14 @@ from torch import nn
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
-from cnnzoo.rundir import RunDir, data_facts, default_run_dir, resumed_config, weights_metadata
+from cnnzoo.rundir import (
+    RunDir,
+    data_facts,
+    default_run_dir,
+    folder_of,
+    resumed_config,
+    weights_metadata,
+)
 from cnnzoo.signals import defer_sigint
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
@@ -119,10 +126,16 @@ class Trainer:
         from cnnzoo.data import load_dataset
 
         cfg = self.config
-        bundle = self.data or load_dataset(
-            cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
-            split=cfg.split_parts(), seed=cfg.seed,
-        )  # fmt: skip
+        splits = None
+        if cfg.resume and self.data is None and cfg.dataset.startswith("imagefolder:"):
+            splits = self.run.read_splits(folder_of(cfg.dataset))
+        if splits is not None:  # a resumed run goes on with the files it started with
+            bundle = splits.bundle(seed=cfg.seed)
+        else:
+            bundle = self.data or load_dataset(
+                cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                val_split=cfg.val_split, split=cfg.split_parts(), seed=cfg.seed,
+            )  # fmt: skip
         self.bundle = bundle
         self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
         self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec)
@@ -170,6 +183,7 @@ class Trainer:
             # and `predict` rebuild exactly this network.
             recorded = replace(cfg, model_kwargs=self.model_kwargs, resume=None, overwrite=False)
             self.run.write_config(recorded, self.facts)
+            self.run.write_splits(bundle)
 
     def _wrap(self) -> None:
         """The module the loop calls: the model, under DDP and/or torch.compile when asked."""
