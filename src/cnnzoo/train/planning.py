@@ -31,10 +31,14 @@ def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]
     return fit_channel_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
 
 
-def input_statistics(cfg: Any, bundle: Any, spec: Any) -> tuple[tuple, tuple, Any]:
+def input_statistics(
+    cfg: Any, bundle: Any, spec: Any, given_model: Any = None, log: Any = None
+) -> tuple[tuple, tuple, Any]:
     """(mean, std, config) for a run's inputs. Pretrained weights expect the statistics they
     were trained with: a named weight's own (``spec``, whose model options join the config's),
-    ImageNet's for a weights file; otherwise the data's own."""
+    ImageNet's for a weights file, the ``pretrained_cfg``'s of a module given ready-made with
+    its weights (``create_model(..., weights=...)``, as the CLI's --weights); otherwise the
+    data's own. What a given module brings is said in ``log``."""
     from dataclasses import replace
 
     from cnnzoo.registry import fit_channel_stats
@@ -44,7 +48,21 @@ def input_statistics(cfg: Any, bundle: Any, spec: Any) -> tuple[tuple, tuple, An
         return mean, std, replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
     if cfg.weights:
         return (*imagenet_stats(bundle.channels), cfg)
+    pretrained = getattr(given_model, "pretrained_cfg", None) or {}
+    if pretrained.get("mean") and pretrained.get("std"):
+        mean, std = fit_channel_stats(pretrained["mean"], pretrained["std"], bundle.channels)
+        if log is not None:
+            log(f"weights: the model carries {pretrained.get('source', '')} weights "
+                f"{pretrained.get('weights')} ({pretrained.get('dataset')}); inputs normalised "
+                f"with the statistics of its {pretrained.get('weights')} weights, as "
+                "`cnnzoo train --weights` does (the data's own would be "
+                f"{_rounded(bundle.mean)} / {_rounded(bundle.std)})")  # fmt: skip
+        return mean, std, cfg
     return bundle.mean, bundle.std, cfg
+
+
+def _rounded(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.3f}" for v in values) + ")"
 
 
 def load_initial_weights(

@@ -36,7 +36,7 @@ from cnnzoo.train.batchnorm import recompute_statistics
 from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
-from cnnzoo.train.freeze import freeze_backbone_norms, set_backbone_frozen
+from cnnzoo.train.freeze import freeze_backbone_norms, frozen_norm_names, set_backbone_frozen
 from cnnzoo.train.hardware import TorchSettings, amp_dtype, default_threads, resolve_device
 from cnnzoo.train.history import History, epoch_logs
 from cnnzoo.train.mixing import mix_batch
@@ -138,7 +138,8 @@ class Trainer:
             )  # fmt: skip
         self.bundle = bundle
         self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
-        self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec)
+        self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec,
+                                                    self.given_model, self.log)  # fmt: skip
         plan = plan_run(cfg, bundle, self.given_model)
         self.model_kwargs, self.image_size, self.input_note = plan
         self.facts = data_facts(bundle, self.mean, self.std, self.image_size, self.input_note)
@@ -163,6 +164,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, cfg, self.steps_per_epoch)
         self.frozen = False
         self._apply_freeze(0)
+        self._say_what_is_frozen(model)
         self._wrap()
         self.amp_dtype = amp_dtype(cfg.amp, cfg.amp_dtype, self.device)
         self.scaler = torch.amp.GradScaler(
@@ -195,6 +197,16 @@ class Trainer:
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.train_module = torch.compile(module) if self.config.compile else module
+
+    def _say_what_is_frozen(self, model: nn.Module) -> None:
+        """Parameters frozen before training (``requires_grad=False``, as the notes freeze a
+        backbone in Python) train as --freeze backbone does; the log says so."""
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        if frozen and not self.frozen:
+            total = sum(p.numel() for p in model.parameters())
+            self.log(f"{frozen:,} of {total:,} parameters are frozen (requires_grad=False): they "
+                     "do not train, and the batch norms of the frozen layers stay in eval mode "
+                     "with the statistics they came with")  # fmt: skip
 
     def _apply_freeze(self, epoch: int) -> None:
         """Freeze or release the backbone for ``epoch`` (0-based), per --freeze/--unfreeze-at."""
@@ -319,7 +331,7 @@ class Trainer:
         if not self.frozen:  # a frozen backbone keeps the statistics it came with
             with self.autocast():
                 recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
-                                     self.dist)  # fmt: skip
+                                     self.dist, keep=frozen_norm_names(self.model))  # fmt: skip
         val_loss, val_acc = self.validate()
         self.history.append({"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_acc": val_acc})
         with defer_sigint():
@@ -343,6 +355,8 @@ class Trainer:
         self.train_module.train()
         if self.frozen:
             freeze_backbone_norms(self.model)  # type: ignore[arg-type]
+        for name in frozen_norm_names(self.model):  # parameters the user froze
+            self.model.get_submodule(name).eval()  # type: ignore[union-attr]
         # Mixing draws from its own (seed, epoch, rank) streams, so resuming reproduces it.
         mix_rng = np.random.default_rng([cfg.seed, epoch, self.dist.rank])
         mix_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + self.dist.rank)
