@@ -7,9 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cnnzoo.cli.eval_cmd import evaluate_run
 from cnnzoo.cli.main import main
@@ -18,23 +16,12 @@ from cnnzoo.train import fit
 FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)
 
 
-def write_pets(root: Path, per_class: int, start: int = 0, side: int = 20) -> None:
-    """Two classes told apart by colour: 'cat' images are reddish, 'dog' images greenish."""
-    rng = np.random.default_rng(start)
-    for channel, name in enumerate(("cat", "dog")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            pixels = rng.integers(0, 120, (side, side, 3), dtype=np.uint8)
-            pixels[..., channel] += 120
-            Image.fromarray(pixels).save(root / name / f"{name}{i:03d}.png")
-
-
 @pytest.fixture(scope="module")
-def pet_run(tmp_path_factory) -> tuple[Path, Path]:
+def pet_run(tmp_path_factory, pets) -> tuple[Path, Path]:
     """lenet5 trained one epoch on a 60 + 60 image folder split 90/20/10 (the notes' way)."""
     base = tmp_path_factory.mktemp("pets")
     folder, run = base / "pets", base / "run"
-    write_pets(folder, 60)
+    pets(folder, 60)
     fit(model="lenet5", dataset=f"imagefolder:{folder}", split=[90, 20, 10], epochs=1,
         batch_size=16, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
     return folder, run
@@ -70,7 +57,7 @@ def test_the_test_files_are_recorded_and_never_seen_in_training(pet_run) -> None
 
 
 def test_a_folder_that_gained_files_is_still_scored_on_the_recorded_split(
-    pet_run, tmp_path, capsys
+    pet_run, pets, tmp_path, capsys
 ) -> None:
     import shutil
 
@@ -84,7 +71,7 @@ def test_a_folder_that_gained_files_is_still_scored_on_the_recorded_split(
     config["dataset"] = f"imagefolder:{grown}"
     (copy / "config.json").write_text(json.dumps(config))
     before, _ = evaluate_run(copy)
-    write_pets(grown, 7, start=500)
+    pets(grown, 7, start=500)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         after, _ = evaluate_run(copy)
@@ -96,7 +83,7 @@ def test_a_folder_that_gained_files_is_still_scored_on_the_recorded_split(
     assert code == 0 and "changed since the run trained" in err
 
 
-def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, tmp_path) -> None:
+def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, pets, tmp_path) -> None:
     import shutil
 
     from cnnzoo.rundir import RunDir
@@ -108,7 +95,7 @@ def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, tmp_path) ->
     config = json.loads((copy / "config.json").read_text())
     config["dataset"] = f"imagefolder:{grown}"
     (copy / "config.json").write_text(json.dumps(config))
-    write_pets(grown, 5, start=700)
+    pets(grown, 5, start=700)
     recorded = RunDir(copy).read_splits(grown)
     lost = recorded.splits["test"].paths[0]
     lost.unlink()

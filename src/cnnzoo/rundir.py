@@ -638,12 +638,10 @@ def load_run(run_or_checkpoint: str | Path) -> tuple[ZooModel, dict[str, Any]]:
     name = config["model"]
     try:
         config = _fill_run_facts(config, checkpoint)
-        model = create_model(
-            name,
-            num_classes=int(config["num_classes"]),
-            in_chans=int(config["in_chans"]),
-            **_model_kwargs(config),
-        )
+        # A num_classes among the model options (1: a sigmoid head on two classes) wins.
+        model = create_model(name, **{"num_classes": int(config["num_classes"]),
+                                      "in_chans": int(config["in_chans"]),
+                                      **_model_kwargs(config)})  # fmt: skip
     except CnnzooError:
         raise
     except (ValueError, TypeError) as exc:

@@ -90,6 +90,7 @@ def iter_predictions(
     ``cam`` also its Grad-CAM map for the top class (at the deepest feature stage).
     """
     from cnnzoo.analysis.explain import gradcam_maps
+    from cnnzoo.analysis.metrics import class_logits
     from cnnzoo.data import read_image
 
     if not paths:
@@ -98,7 +99,6 @@ def iter_predictions(
         raise ValueError(f"topk must be at least 1, got {topk}")
     model, names = loaded.model, loaded.class_names
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    k = min(topk, len(names))
     if folder_labels is None:
         folder_labels = [Path(p).parent.name for p in paths]
     elif len(folder_labels) != len(paths):
@@ -129,11 +129,9 @@ def iter_predictions(
         batch = torch.stack(images).to(device)
         with torch.inference_mode():
             output = model(batch)
-        while isinstance(output, (tuple, list)):
-            output = output[0]
-        probs = F.softmax(output.float(), dim=1).cpu()
+        probs = F.softmax(class_logits(output).float(), dim=1).cpu()
         shown = loaded.shown(batch) if keep_images else None
-        top_p, top_i = probs.topk(k, dim=1)
+        top_p, top_i = probs.topk(min(topk, probs.shape[1]), dim=1)
         heats = gradcam_maps(model, batch, top_i[:, 0].tolist()).cpu() if cam else None
         for row, (path, folder) in enumerate(kept):
             indices = top_i[row].tolist()
@@ -142,7 +140,7 @@ def iter_predictions(
             yield Prediction(
                 path=path,
                 indices=indices,
-                labels=[names[i] for i in indices],
+                labels=[names[i] if i < len(names) else str(i) for i in indices],
                 probs=top_p[row].tolist(),
                 true_index=true_index,
                 true_label=folder if true_index is not None else None,

@@ -12,6 +12,7 @@ from cnnzoo.errors import UsageError
 __all__ = [
     "SMALL_INPUT_SIDE",
     "build_model",
+    "check_head",
     "imagenet_stats",
     "make_loaders",
     "plan_input",
@@ -103,7 +104,9 @@ def _build_on_meta(name: str, num_classes: int, channels: int, kwargs: dict[str,
 
     try:
         with torch.device("meta"):
-            return create_model(name, num_classes=num_classes, in_chans=channels, **kwargs)
+            # A num_classes in kwargs (--model-arg num_classes=1: a sigmoid head) wins.
+            return create_model(name, **{"num_classes": num_classes, "in_chans": channels,
+                                         **kwargs})  # fmt: skip
     except TypeError as exc:  # an option the builder does not take (--model-arg)
         raise UsageError(f"{name}: {exc}") from None
 
@@ -219,27 +222,51 @@ def plan_run(
     """:func:`plan_input` for a run's config and data; a model given ready-made is fed the
     images as they are (or at ``config.image_size``)."""
     if given_model is not None:
+        units = getattr(given_model, "num_classes", None)
+        check_head(units, bundle, "the model", exact=False)
+        kwargs = dict(config.model_kwargs)
+        if isinstance(units, int) and units != bundle.num_classes:
+            kwargs["num_classes"] = units  # recorded, so that the run rebuilds this head
         side = config.image_size
         height, width = bundle.image_size
         if side is None and hasattr(given_model, "check_input"):
             if not _accepts(given_model, bundle.channels, height, width):
                 side = _least_side(given_model)
         note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
-        return dict(config.model_kwargs), side, note
+        return kwargs, side, note
     from cnnzoo.registry import list_models, unknown_model_message
 
     if config.model not in list_models():
         raise UsageError(unknown_model_message(config.model or ""))
+    if "num_classes" in config.model_kwargs:
+        check_head(config.model_kwargs["num_classes"], bundle,
+                   f"--model-arg num_classes={config.model_kwargs['num_classes']}")  # fmt: skip
     return plan_input(config.model, bundle.num_classes, bundle.channels, bundle.image_size,
                       dict(config.model_kwargs), config.image_size,
                       small_input=not config.weights)  # fmt: skip
+
+
+def check_head(units: Any, bundle: Any, what: str, exact: bool = True) -> None:
+    """A classifier of ``units`` outputs must fit the data's classes: one each, or one sigmoid
+    unit for two classes (``exact=False``: more outputs than classes are allowed, unused)."""
+    classes = bundle.num_classes
+    if not isinstance(units, int) or units == classes or (units > classes and not exact):
+        return
+    if units == 1:
+        if classes == 2:
+            return
+        raise UsageError(f"{what}: one output unit (a sigmoid head) needs two classes; "
+                         f"{bundle.name} has {classes}: give num_classes={classes}")  # fmt: skip
+    raise UsageError(f"{what}: {bundle.name} has {classes} classes; give num_classes={classes}"
+                     + (", or 1 for a sigmoid head" if classes == 2 else ""))
 
 
 def build_model(name: str, bundle: Any, kwargs: dict[str, Any]) -> Any:
     """The zoo model ``name`` for ``bundle``'s classes and channels."""
     from cnnzoo.registry import create_model
 
-    return create_model(name, num_classes=bundle.num_classes, in_chans=bundle.channels, **kwargs)
+    return create_model(name, **{"num_classes": bundle.num_classes, "in_chans": bundle.channels,
+                                 **kwargs})  # fmt: skip
 
 
 def make_loaders(

@@ -41,10 +41,13 @@ def start_lines(trainer: Trainer) -> list[str]:
     cfg, bundle, dist = trainer.config, trainer.bundle, trainer.dist
     val = len(bundle.val) if bundle.val is not None else 0
     amp = str(trainer.amp_dtype).removeprefix("torch.")
+    sigmoid = getattr(trainer.model, "num_classes", None) == 1
     lines = [
         f"{cfg.model} ({trainer.num_params:,} params) on {bundle.name}: "
         f"{len(bundle.train):,} train / {val:,} val / {len(bundle.test):,} test, "
-        f"{bundle.num_classes} classes; device {trainer.device}"
+        f"{bundle.num_classes} classes"
+        + (" (one sigmoid unit, binary cross-entropy)" if sigmoid else "")
+        + f"; device {trainer.device}"
         + (f" x {dist.world_size} processes" if dist.enabled else "")
         + (f", amp {amp}" if trainer.amp_dtype else "")
         + f", {trainer.threads} thread{'s' if trainer.threads > 1 else ''}",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzoo.analysis.metrics import class_logits
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
@@ -39,6 +40,7 @@ from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_su
 from cnnzoo.train.freeze import freeze_backbone_norms, frozen_norm_names, set_backbone_frozen
 from cnnzoo.train.hardware import TorchSettings, amp_dtype, default_threads, resolve_device
 from cnnzoo.train.history import History, epoch_logs
+from cnnzoo.train.losses import ClassificationLoss
 from cnnzoo.train.mixing import mix_batch
 from cnnzoo.train.optim import LRSchedule, ModelEma, build_optimizer
 from cnnzoo.train.planning import (
@@ -170,7 +172,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0)
+        self.criterion = ClassificationLoss(label_smoothing=cfg.label_smoothing or 0.0)
         defaults = cfg.callbacks(validation=self.val_loader is not None)
         self.callbacks = CallbackList(with_defaults(defaults, self.user_callbacks),
                                       is_main=self.dist.is_main)  # fmt: skip
@@ -414,9 +416,10 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)  # type: ignore[arg-type]
         with torch.no_grad():
-            hits = (logits.argmax(1) == y).sum().float()
+            predicted = class_logits(logits).argmax(1)
+            hits = (predicted == y).sum().float()
             if y2 is not None:
-                hits = lam * hits + (1 - lam) * (logits.argmax(1) == y2).sum()
+                hits = lam * hits + (1 - lam) * (predicted == y2).sum()
         return loss.detach().float(), hits
 
     def _forward_loss(
@@ -472,10 +475,7 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         with self.autocast():
             for x, y in self.val_loader:
-                logits = model(x)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-                logits = logits.float()
+                logits = class_logits(model(x)).float()  # a sigmoid head: its BCE, below
                 sums[0] += F.cross_entropy(logits, y, reduction="sum")
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += y.shape[0]
