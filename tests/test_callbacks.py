@@ -247,3 +247,41 @@ def test_model_checkpoint_csv_logger_and_tensorboard_histograms(tmp_path: Path) 
     assert [e.step for e in events.Histograms("conv1.weight")] == [2]  # every 2nd epoch
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
     assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (1, 2)
+
+
+class Scramble(Callback):
+    """Wrecks the weights as the last epoch begins, so that the last epoch is the worst and
+    a run's best and last checkpoints differ for certain."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        assert self.trainer is not None
+        if epoch == self.trainer.epochs - 1:
+            with torch.no_grad():
+                for param in self.trainer.model.parameters():
+                    param.mul_(-40.0)
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_python_and_the_cli_score_the_weights_the_run_ended_with(tmp_path, restore) -> None:
+    """One rule: a run's weights are those it ended with (the last epoch's, or the best when
+    early stopping restored them); history.model holds them, metrics.json scored them, and
+    `cnnzoo evaluate RUN` and cnnzoo.evaluate(RUN) load them."""
+    import cnnzoo
+    from cnnzoo.cli.eval_cmd import evaluate_run
+    from cnnzoo.data import load_dataset
+
+    callbacks: list[Callback] = [Scramble()]
+    if restore:
+        callbacks.append(EarlyStopping(patience=5, restore_best_weights=True))
+    run = tmp_path / "run"
+    history = fit(**DIGITS, epochs=2, output_dir=str(run), callbacks=callbacks)
+    test = load_dataset("digits").test
+    scored = history.metrics["test_top1"]
+    assert cnnzoo.evaluate(history.model, test.images, test.labels)["accuracy"] == scored
+    assert cnnzoo.evaluate(run, test.images, test.labels)["accuracy"] == scored
+    assert evaluate_run(run)[0].top1 == pytest.approx(scored, abs=1e-12)
+    last = load_checkpoint(run, "last").weights
+    best = load_checkpoint(run, "best").weights
+    assert not torch.equal(last["fc.weight"], best["fc.weight"])  # the case that matters
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["weights_file"] == ("best.safetensors" if restore else "last.safetensors")

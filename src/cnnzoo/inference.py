@@ -2,8 +2,8 @@
 
 A *source* is one of:
 
-- a run directory written by ``cnnzoo train`` (its best, else last, weights), or a checkpoint
-  file inside one;
+- a run directory written by ``cnnzoo train`` (the weights it ended with, which its metrics.json
+  scored; see :func:`cnnzoo.rundir.resolve_run`), or a checkpoint file inside one;
 - a weights file on its own: a cnnzoo ``.safetensors`` (its metadata names the model) or a
   torchvision ``.pth`` (its file name names the weights, e.g. ``resnet18-f37072fd.pth``);
 - a model name, with ``weights`` a weight name (``IMAGENET1K_V1``, ``DEFAULT``, ``imagenet``,

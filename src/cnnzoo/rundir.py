@@ -7,7 +7,8 @@ A run directory holds
   reader can rebuild the model without loading the dataset;
 * ``best`` and ``last`` checkpoints, each a pair ``TAG.safetensors`` (weights, with the model and
   data facts in the file's metadata) + ``TAG.state.pt`` (optimizer, schedule, RNG, callbacks, ...;
-  see :mod:`cnnzoo.checkpoint`);
+  see :mod:`cnnzoo.checkpoint`), and ``final.safetensors`` when the weights the run ended with
+  (restored by early stopping) are neither (metrics.json's ``weights_file`` names the file);
 * ``history.csv`` (one row per epoch), ``metrics.json`` (the final test metrics), ``train.log``,
   TensorBoard event files and the plots ``history.png`` / ``confusion_matrix.png``;
 * ``splits.json`` for an image folder: the files of its train, val and test splits, so that
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from cnnzoo.train.config import TrainConfig
 
 __all__ = [
+    "FINAL_WEIGHTS",
     "HISTORY_FIELDS",
     "RUN_FILES",
     "RunDir",
@@ -92,9 +94,12 @@ RUN_FILES = (
     "history.png",
     "confusion_matrix.png",
     "splits.json",
+    "final.safetensors",
 )  # fmt: skip
 EVENTS = "events.out.tfevents.*"
 LOCK_FILE = ".cnnzoo.lock"
+# The weights a run ended with when they are neither its last nor its best checkpoint.
+FINAL_WEIGHTS = "final.safetensors"
 SPLITS_FILE = "splits.json"
 
 
@@ -525,17 +530,34 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint file) for a run directory or a checkpoint inside one.
 
-    A directory gives its ``best.safetensors``, else its ``last.safetensors``.
+    A finished run gives the weights it ended with, the ones its metrics.json scored and
+    ``fit``'s ``history.model`` holds: the last epoch's, or the best when early stopping
+    restored them (metrics.json's ``weights_file``). A run without that record (unfinished, or
+    from cnnzoo < 0.2) gives its ``best.safetensors``, else its ``last.safetensors``.
     """
     path = Path(run_or_checkpoint)
     if not path.exists():
         raise CnnzooError(f"{path}: no such run directory or checkpoint file")
     if path.is_dir():
+        recorded = _ended_with(path)
+        if recorded is not None:
+            return path, recorded
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
                 return path, path / name
         raise WeightsError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} in this run directory")
     return path.parent, path
+
+
+def _ended_with(run_dir: Path) -> Path | None:
+    """The weights file a finished run's metrics.json names, when it is there."""
+    try:
+        name = json.loads((run_dir / "metrics.json").read_text()).get("weights_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or Path(name).name != name:
+        return None
+    return run_dir / name if (run_dir / name).is_file() else None
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:

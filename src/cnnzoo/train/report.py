@@ -132,6 +132,7 @@ def _metrics(trainer: Trainer, result: Any) -> dict[str, Any]:
         monitor=best.monitor.name if best else None,
         best_value=best.best if best else None,
         final_weights=trainer.final_weights,
+        weights_file=getattr(trainer, "weights_file", None),
         stopped_early=trainer.stop_training,
         image_size=trainer.facts["image_size"],
         input=trainer.input_note,

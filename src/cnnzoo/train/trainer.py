@@ -24,6 +24,7 @@ from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
 from cnnzoo.rundir import (
+    FINAL_WEIGHTS,
     RunDir,
     data_facts,
     default_run_dir,
@@ -482,12 +483,28 @@ class Trainer:
         loss_sum, correct, n = all_reduce_sum(sums, self.dist).tolist()
         return loss_sum / n, correct / n
 
+    def _save_final_weights(self) -> str:
+        """The run's file of the weights it ended with, which it scores and every reader loads
+        (:func:`cnnzoo.rundir.resolve_run`): ``last``, the ``best`` checkpoint when early
+        stopping restored the very same weights, else ``final.safetensors``, written here."""
+        if self.final_weights == "last" and self.run.has_checkpoint("last"):
+            return "last.safetensors"
+        weights = {k: v.detach().cpu() for k, v in self.get_weights().items()}
+        if self.run.has_checkpoint("best"):
+            best = self.run.load_checkpoint("best").weights
+            if best.keys() == weights.keys() and all(torch.equal(best[k], v)
+                                                     for k, v in weights.items()):  # fmt: skip
+                return "best.safetensors"
+        self.run.save_weights(FINAL_WEIGHTS, weights, self.weights_metadata())
+        return FINAL_WEIGHTS
+
     # ------------------------------------------------------------------ the test split
     def test(self) -> dict[str, Any]:
         """Score the evaluated network on the test split (rank 0), write metrics.json and
         return the metrics (without test scores when the data has no test split)."""
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
+            self.weights_file = self._save_final_weights()
             metrics = report.score_test(self)
             self.run.write_metrics(metrics)
             for line in report.end_lines(self):
