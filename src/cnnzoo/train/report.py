@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cnnzoo.train.callbacks import ModelCheckpoint
+from cnnzoo.train.callbacks import ModelCheckpoint, TensorBoard
 from cnnzoo.train.defaults import TABLE_FIELDS
 
 if TYPE_CHECKING:
@@ -109,8 +109,11 @@ def end_lines(trainer: Trainer) -> list[str]:
     written = ["metrics.json", "history.csv", "config.json", "train.log"]
     written += ["history.png", "confusion_matrix.png"] if trainer.config.plots else []
     lines = [f"wrote {', '.join(written)}, best/last checkpoints in {trainer.run}/"]
-    if trainer.config.tensorboard:
-        lines.append(f"curves: tensorboard --logdir {trainer.run}")
+    # Where the event files are: the run, or the log_dir of a TensorBoard the user passed.
+    boards = [str(cb.log_dir if cb.log_dir is not None else trainer.run)
+              for cb in trainer.callbacks.find(TensorBoard)]  # fmt: skip
+    for log_dir in dict.fromkeys(boards):
+        lines.append(f"curves: tensorboard --logdir {log_dir}")
     return lines
 
 

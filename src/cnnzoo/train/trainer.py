@@ -35,7 +35,13 @@ from cnnzoo.rundir import (
 from cnnzoo.signals import defer_sigint
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
-from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
+from cnnzoo.train.callbacks import (
+    Callback,
+    CallbackList,
+    ModelCheckpoint,
+    as_callback,
+    with_defaults,
+)
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
 from cnnzoo.train.freeze import freeze_backbone_norms, frozen_norm_names, set_backbone_frozen
@@ -83,7 +89,7 @@ class Trainer:
         self.config = config.resolved(data)
         self.config.validate()
         self.data, self.given_model = data, model
-        self.user_callbacks = list(callbacks or [])
+        self.user_callbacks = [as_callback(callback) for callback in callbacks or []]
         self.dist, self.log = DistInfo(), RunLog(enabled=True)
         self.model: nn.Module | None = None
         self.history: list[dict[str, Any]] = []
