@@ -192,3 +192,23 @@ def test_the_notes_python_transfer_recipe_trains_as_the_cli_does(tmp_path) -> No
     log = (tmp_path / "run" / "train.log").read_text()
     assert "normalised with the statistics of its fashion_mnist weights" in log
     assert "batch norms of the frozen layers stay in eval mode" in log
+
+
+def test_compare_of_image_folder_runs_names_their_data_and_drops_a_trivial_top5(
+    tmp_path, pets, capsys
+) -> None:
+    folder = tmp_path / "pets"
+    pets(folder, 10)
+    runs = []
+    for model in ("lenet5", "resnet20"):
+        runs.append(tmp_path / model)
+        fit(model=model, dataset=f"imagefolder:{folder}", split=[12, 4, 4], epochs=1,
+            batch_size=4, num_workers=0, output_dir=str(runs[-1]), **FAST)  # fmt: skip
+    capsys.readouterr()
+    code = main(["compare", *map(str, runs), "--output-dir", str(tmp_path / "cmp")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert f"cnnzoocompare(imagefolder:{folder})" in "".join(printed.split())  # wrapped at 80
+    assert "fashion_mnist" not in printed and "top-5" not in printed and "top-1" in printed
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert {row["num_classes"] for row in rows} == {2}

@@ -83,8 +83,14 @@ class EvalResult:
     def summary_line(self) -> str:
         return (
             f"n={self.n}  loss={self.loss:.4f}  top-1={100 * self.top1:.2f}%  "
-            f"top-{self.topk}={100 * self.top5:.2f}%  macro-F1={100 * self.macro_f1:.2f}%"
+            f"{self.topk_text('=')}macro-F1={100 * self.macro_f1:.2f}%"
         )
+
+    def topk_text(self, sep: str = " ") -> str:
+        """``top-5=93.10%  ``, or nothing where top-k covers every class (100 % by definition)."""
+        if self.topk >= self.num_classes:
+            return ""
+        return f"top-{self.topk}{sep}{100 * self.top5:.2f}%  "
 
     def per_class_rows(self) -> list[tuple[str, float, float, float, int]]:
         return [

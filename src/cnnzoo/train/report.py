@@ -90,7 +90,7 @@ def score_test(trainer: Trainer) -> dict[str, Any]:
     metrics = _metrics(trainer, result)
     trainer.log(
         f"test: loss {result.loss:.4f}  top-1 {100 * result.top1:.2f}%  "
-        f"top-{result.topk} {100 * result.top5:.2f}%  ({trainer.final_weights} weights, "
+        f"{result.topk_text()}({trainer.final_weights} weights, "
         f"{metrics['train_seconds']:.1f}s training) -> {trainer.run}"
     )
     trainer.callbacks.call("on_test_end", {"test_loss": result.loss, "test_accuracy": result.top1})
