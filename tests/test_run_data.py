@@ -108,3 +108,17 @@ def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, pets, tmp_pa
     assert result.n == 9
     log = (copy / "train.log").read_text().splitlines()
     assert "90 train / 20 val / 9 test" in [line for line in log if "params)" in line][-1]
+
+
+def test_the_input_line_says_what_the_image_files_are(pet_run, pets, tmp_path) -> None:
+    folder, run = pet_run
+    line = next(x for x in (run / "train.log").read_text().splitlines() if x.startswith("input:"))
+    assert line == "input: lenet5 needs exactly 32 px; image files of 20x20 px decoded at 32x32"
+    mixed = tmp_path / "mixed"
+    pets(mixed, 4, side=48)
+    pets(mixed, 4, start=100, side=96)
+    fit(model="resnet20", dataset=f"imagefolder:{mixed}", split=[6, 0, 2], val_split=0.0,
+        epochs=1, batch_size=4, num_workers=0, output_dir=str(tmp_path / "r"), **FAST)  # fmt: skip
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert ("input: image files from 48x48 to 96x96 px decoded at 224x224 (the image-folder "
+            "default) fit resnet20 as they are") in log

@@ -221,24 +221,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- predict
 
 
-def predictions_table(predictions: list[Prediction], topk: int) -> Table:
-    table = Table()
-    table.add_column("image", overflow="fold")
+# The image column keeps at least this many characters (it folds long paths).
+IMAGE_COLUMN_MIN = 16
+
+
+def predictions_table(predictions: list[Prediction], topk: int, width: int = 80) -> Table:
+    """One row per image with a column per rank, or, where those columns would not fit in
+    ``width`` characters with every class name whole, one row per rank (class names are never
+    cut or wrapped)."""
     show_true = any(p.true_label is not None for p in predictions)
+    k = min(topk, max(len(p.indices) for p in predictions))
+    longest = max(len(label) for p in predictions for label in [*p.labels, p.true_label or ""])
+    cell = longest + len(" 0.000")
+    wide = IMAGE_COLUMN_MIN + show_true * (longest + 2) + k * cell + 3 * (1 + show_true + k) + 1
+    table = Table()
+    table.add_column("image", overflow="fold", min_width=min(IMAGE_COLUMN_MIN, width // 4))
     if show_true:
-        table.add_column("true")
-    k = max(len(p.indices) for p in predictions)
-    for rank in range(min(topk, k)):
-        table.add_column(f"top-{rank + 1}" if rank else "prediction")
+        table.add_column("true", no_wrap=True)
+    if wide <= width:
+        for rank in range(k):
+            table.add_column(f"top-{rank + 1}" if rank else "prediction", no_wrap=True)
+    else:
+        table.add_column("rank", justify="right", no_wrap=True)
+        table.add_column("class", no_wrap=True)
+        table.add_column("p", justify="right", no_wrap=True)
     for p in predictions:
         cells = [escape(str(p.path))]
         if show_true:
             mark = "" if p.true_label is None else (" ✓" if p.correct else " ✗")
             cells.append(escape(p.true_label or "?") + mark)
-        cells.extend(
-            f"{escape(label)} {prob:.3f}" for label, prob in zip(p.labels, p.probs, strict=True)
-        )
-        table.add_row(*cells)
+        ranked = list(zip(p.labels, p.probs, strict=True))[:k]
+        if wide <= width:
+            table.add_row(*cells, *(f"{escape(label)} {prob:.3f}" for label, prob in ranked))
+            continue
+        for rank, (label, prob) in enumerate(ranked):
+            first = cells if rank == 0 else [""] * len(cells)
+            table.add_row(*first, str(rank + 1), escape(label), f"{prob:.3f}",
+                          end_section=rank == len(ranked) - 1)  # fmt: skip
     return table
 
 
@@ -331,7 +350,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(f"cnnzoo predict: warning: {warning.message}", file=sys.stderr)
     console = Console()
     console.print(f"{loaded.description}", markup=False, style="dim")
-    console.print(predictions_table(predictions, args.topk))
+    console.print(predictions_table(predictions, args.topk, console.width))
     judged = [p for p in predictions if p.correct is not None]
     if judged:
         right = sum(bool(p.correct) for p in judged)

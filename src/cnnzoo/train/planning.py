@@ -79,11 +79,19 @@ def load_initial_weights(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if spec is not None:
-            load_pretrained(model, spec, progress=progress)
+            report = load_pretrained(model, spec, progress=progress)
         else:
-            load_weights(model, weights)
+            report = load_weights(model, weights)
     for warning in caught:
+        if report.fresh_classifier and "classifier in the file does not fit" in str(warning):
+            continue  # said below, as what it is: the new head transfer learning wants
         log(f"weights: {warning.message}")
+    if report.fresh_classifier:
+        theirs = f"{spec.num_classes}-class " if spec is not None else ""
+        units = getattr(model, "num_classes", None)
+        log(f"weights: a new head for the data's classes ({units} output"
+            f"{'' if units == 1 else 's'}) takes the place of the file's {theirs}classifier, as "
+            "transfer learning intends; it trains from a fresh initialisation")  # fmt: skip
     if spec is not None:
         what, stats = f"{spec.source} weights {spec.name} ({spec.dataset})", "their own statistics"
     else:
@@ -119,8 +127,12 @@ def plan_input(
     model_kwargs: dict[str, Any],
     image_size: int | None = None,
     small_input: bool = True,
+    files: str | None = None,
 ) -> tuple[dict[str, Any], int | None, str]:
     """Decide how ``model_name`` meets images of ``image_hw``: (model kwargs, resize side, note).
+
+    ``files`` says what the images are when they are files decoded at ``image_hw`` (an image
+    folder): the note then speaks of decoding them, not of resizing batches.
 
     Images up to :data:`SMALL_INPUT_SIDE` get ``small_input=True`` where the model supports it,
     the option was not given and ``small_input`` allows it (starting from weights made for the
@@ -130,7 +142,7 @@ def plan_input(
     below 299 px) is left out. The plan is made on the meta device, so nothing is allocated.
     """
     kwargs, side, note = _plan_size(model_name, num_classes, channels, image_hw, model_kwargs,
-                                    image_size, small_input)  # fmt: skip
+                                    image_size, small_input, files)  # fmt: skip
     model = _build_on_meta(model_name, num_classes, channels, kwargs)
     least = getattr(model, "aux_min_input_size", 0)
     auxiliary = getattr(model, "aux_logits", False) and "aux_logits" not in kwargs
@@ -148,8 +160,17 @@ def _plan_size(
     model_kwargs: dict[str, Any],
     image_size: int | None = None,
     small_input: bool = True,
+    files: str | None = None,
 ) -> tuple[dict[str, Any], int | None, str]:
     height, width = image_hw
+
+    def resizing(side: int) -> str:
+        if files is not None:
+            return f"{files} decoded at {side}x{side}"
+        return f"resizing batches from {height}x{width} to {side}x{side}"
+
+    stored = f"{height}x{width} images" if files is None else (
+        f"{files} decoded at {height}x{width} (the image-folder default)")  # fmt: skip
     model = _build_on_meta(model_name, num_classes, channels, model_kwargs)
     side = image_size or max(height, width)
     if (
@@ -162,8 +183,8 @@ def _plan_size(
         small = _build_on_meta(model_name, num_classes, channels, small_kwargs)
         resize = image_size or _resize_for(small, channels, height, width)
         if resize is None or _accepts(small, channels, resize, resize):
-            note = f"{model_name} built with small_input=True for {height}x{width} images"
-            resized = f", resized to {resize}x{resize}" if resize else ""
+            note = f"{model_name} built with small_input=True for {stored}"
+            resized = f"; {resizing(resize)}" if resize else ""
             return small_kwargs, resize, note + resized
     if image_size is not None:
         if not _accepts(model, channels, image_size, image_size):
@@ -173,21 +194,22 @@ def _plan_size(
                 + (f", exactly {model.fixed_input_size}" if model.fixed_input_size else "")
                 + ")"
             )
-        return model_kwargs, image_size, f"resizing batches to {image_size}x{image_size}"
+        asked = (f"{files} decoded at {image_size}x{image_size}" if files is not None
+                 else f"resizing batches to {image_size}x{image_size}")  # fmt: skip
+        return model_kwargs, image_size, asked
     resize = _resize_for(model, channels, height, width)
     if resize is None:
-        return model_kwargs, None, f"{height}x{width} images fit {model_name} as they are"
+        return model_kwargs, None, f"{stored} fit {model_name} as they are"
     if _accepts(model, channels, height, width):
         return model_kwargs, resize, (
-            f"{height}x{width} images would leave {model_name} a last feature map under 2x2; "
-            f"resizing batches to {resize}x{resize}"
+            f"{stored} would leave {model_name} a last feature map under 2x2; "
+            f"{resizing(resize)}"
         )
     return (
         model_kwargs,
         resize,
         f"{model_name} needs {'exactly' if model.fixed_input_size else 'at least'} "
-        f"{model.fixed_input_size or model.min_input_size} px; resizing batches from "
-        f"{height}x{width} to {resize}x{resize}",
+        f"{model.fixed_input_size or model.min_input_size} px; {resizing(resize)}",
     )
 
 
@@ -232,7 +254,10 @@ def plan_run(
         if side is None and hasattr(given_model, "check_input"):
             if not _accepts(given_model, bundle.channels, height, width):
                 side = _least_side(given_model)
-        note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
+        if bundle.in_memory:
+            note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
+        else:
+            note = f"{describe_files(bundle)} decoded at {side or height}x{side or width}"
         return kwargs, side, note
     from cnnzoo.registry import list_models, unknown_model_message
 
@@ -243,7 +268,21 @@ def plan_run(
                    f"--model-arg num_classes={config.model_kwargs['num_classes']}")  # fmt: skip
     return plan_input(config.model, bundle.num_classes, bundle.channels, bundle.image_size,
                       dict(config.model_kwargs), config.image_size,
-                      small_input=not config.weights)  # fmt: skip
+                      small_input=not config.weights,
+                      files=None if bundle.in_memory else describe_files(bundle))  # fmt: skip
+
+
+def describe_files(bundle: Any) -> str:
+    """What an image folder's files are, from a sample of their sizes: "image files of
+    128x128 px", "image files from 96x120 to 480x640 px"."""
+    sizes = [(height, width) for width, height in getattr(bundle, "file_sizes", ())]
+    if not sizes:
+        return "image files"
+    if len(set(sizes)) == 1:
+        return f"image files of {sizes[0][0]}x{sizes[0][1]} px"
+    least = min(sizes, key=lambda hw: hw[0] * hw[1])
+    most = max(sizes, key=lambda hw: hw[0] * hw[1])
+    return f"image files from {least[0]}x{least[1]} to {most[0]}x{most[1]} px"
 
 
 def check_head(units: Any, bundle: Any, what: str, exact: bool = True) -> None:
