@@ -122,3 +122,42 @@ def test_the_input_line_says_what_the_image_files_are(pet_run, pets, tmp_path) -
     log = (tmp_path / "r" / "train.log").read_text()
     assert ("input: image files from 48x48 to 96x96 px decoded at 224x224 (the image-folder "
             "default) fit resnet20 as they are") in log
+
+
+def test_predict_plots_the_runs_own_held_out_images(pet_run, tmp_path, capsys) -> None:
+    from cnnzoo.rundir import RunDir
+
+    folder, run = pet_run
+    capsys.readouterr()
+    code = main(["predict", str(run), "--split", "test", "--plot", str(tmp_path / "plots")])
+    out = capsys.readouterr().out
+    assert code == 0
+    charts = sorted((tmp_path / "plots").glob("*_top5.png"))
+    assert len(charts) == 10 and (tmp_path / "plots" / "predictions.png").stat().st_size > 0
+    test = RunDir(run).read_splits().splits["test"]
+    flat = "".join(out.split())
+    assert all(path.name in flat for path in test.paths)
+    result, _ = evaluate_run(run)
+    right = round(result.top1 * 10)
+    assert f"top-1correct:{right}/10" in flat and "withtheirsplit'slabels" in flat
+
+
+def test_predict_split_of_an_in_memory_dataset_and_its_errors(tmp_path, capsys) -> None:
+    run = tmp_path / "digits"
+    fit(model="lenet5", dataset="digits", epochs=1, output_dir=str(run), **FAST)
+    capsys.readouterr()
+    code = main(["predict", str(run), "--split", "test", "--limit", "12", "--topk", "3",
+                 "--plot", str(tmp_path / "plots")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "top-1 correct:" in out and "/12 (" in out
+    assert len(list((tmp_path / "plots").glob("*_top3.png"))) == 12
+    assert "digits/test/00000" in out and "digits/test/00358" in out  # spread over all 359
+    for argv, fragment in ((["x.png", "--split", "test"], "or --split"),
+                           ([], "or --split"),
+                           (["x.png", "--limit", "3"], "--limit goes with --split")):
+        code = main(["predict", str(run), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and err.count("\n") == 1, err
+    code = main(["predict", "lenet5", "--weights", "digits", "--split", "test"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a run" in err

@@ -78,6 +78,7 @@ def iter_predictions(
     keep_images: bool = True,
     folder_labels: Sequence[str | None] | None = None,
     cam: bool = False,
+    images: Sequence[torch.Tensor] | None = None,
 ) -> Iterator[Prediction]:
     """Classify image files a batch at a time, as they are decoded (memory stays bounded).
 
@@ -88,6 +89,8 @@ def iter_predictions(
     :class:`UserWarning`; when none can be read the result is a :class:`DataError`.
     ``keep_images`` stores the image the model saw, as uint8, in each prediction (for plots);
     ``cam`` also its Grad-CAM map for the top class (at the deepest feature stage).
+    ``images``: uint8 (C, H, W) images already decoded (an in-memory dataset's), one per entry
+    of ``paths``, which then only names them.
     """
     from cnnzoo.analysis.explain import gradcam_maps
     from cnnzoo.analysis.metrics import class_logits
@@ -103,9 +106,14 @@ def iter_predictions(
         folder_labels = [Path(p).parent.name for p in paths]
     elif len(folder_labels) != len(paths):
         raise ValueError("folder_labels must have one entry per path")
+    if images is not None and len(images) != len(paths):
+        raise ValueError("images must have one entry per path")
 
-    def prepare(path: Path) -> torch.Tensor | None:
+    def prepare(index: int) -> torch.Tensor | None:
+        path = Path(paths[index])
         try:
+            if images is not None:
+                return loaded.preprocess(images[index])
             return loaded.preprocess(read_image(path, loaded.channels))
         except Exception as exc:  # any decoder failure means "skip this file", not "stop"
             reason = _one_line(exc)
@@ -117,16 +125,15 @@ def iter_predictions(
     model.eval()
     produced = 0
     for start in range(0, len(paths), batch_size):
-        images, kept = [], []
-        chunk = slice(start, start + batch_size)
-        for raw_path, folder in zip(paths[chunk], folder_labels[chunk], strict=True):
-            image = prepare(Path(raw_path))
+        prepared, kept = [], []
+        for index in range(start, min(start + batch_size, len(paths))):
+            image = prepare(index)
             if image is not None:
-                images.append(image)
-                kept.append((Path(raw_path), folder))
-        if not images:
+                prepared.append(image)
+                kept.append((Path(paths[index]), folder_labels[index]))
+        if not prepared:
             continue
-        batch = torch.stack(images).to(device)
+        batch = torch.stack(prepared).to(device)
         with torch.inference_mode():
             output = model(batch)
         probs = F.softmax(class_logits(output).float(), dim=1).cpu()
