@@ -152,7 +152,7 @@ def test_predict_split_of_an_in_memory_dataset_and_its_errors(tmp_path, capsys) 
     assert code == 0 and "top-1 correct:" in out and "/12 (" in out
     assert len(list((tmp_path / "plots").glob("*_top3.png"))) == 12
     assert "digits/test/00000" in out and "digits/test/00358" in out  # spread over all 359
-    for argv, fragment in ((["x.png", "--split", "test"], "or --split"),
+    for argv, fragment in ((["--split", "test", "x.png"], "or --split"),
                            ([], "or --split"),
                            (["x.png", "--limit", "3"], "--limit goes with --split")):
         code = main(["predict", str(run), *argv])

@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
     predict.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
     )
-    predict.set_defaults(run=run_predict)
+    predict.set_defaults(run=run_predict, more_positionals="inputs")
 
 
 def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceModel:
