@@ -247,5 +247,8 @@ def test_predict_takes_image_files_folders_and_lists(tmp_path: Path, digits) -> 
     cli = torch.stack([p.probabilities for p in predict_images(
         load_model("resnet20", "fashion_mnist"), files, topk=1)])  # fmt: skip
     np.testing.assert_allclose(cnnzoo.predict(shipped, files), cli.numpy(), atol=1e-6)
+    # Arrays reach those weights with their statistics too (not the architecture's defaults).
+    np.testing.assert_allclose(cnnzoo.predict(shipped, digits["x_test"][order]), cli.numpy(),
+                               atol=1e-4)  # fmt: skip
     with pytest.raises(CnnzooError, match="china.jpg: no such image file"):
         cnnzoo.predict(history.model, "china.jpg")

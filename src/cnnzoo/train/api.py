@@ -116,9 +116,17 @@ def _remember_input(model: nn.Module, trainer: Any) -> None:
 
 
 def _prepare(model: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """(module in eval mode, its input facts) for a module or a run directory."""
+    """(module in eval mode, its input facts) for a module or a run directory. A module that
+    ``fit`` did not train but that carries weights by name (``pretrained_cfg``) is fed as its
+    weights expect."""
     if isinstance(model, nn.Module):
-        return model.eval(), dict(getattr(model, "default_cfg", None) or {})
+        facts = dict(getattr(model, "default_cfg", None) or {})
+        pretrained = getattr(model, "pretrained_cfg", None) or {}
+        if "class_names" not in facts and pretrained.get("mean") and pretrained.get("std"):
+            facts.update(mean=pretrained["mean"], std=pretrained["std"],
+                         resize=pretrained.get("crop_size"),
+                         input_size=(pretrained.get("in_chans") or facts["input_size"][0],))  # fmt: skip
+        return model.eval(), facts
     from cnnzoo.rundir import load_run
 
     module, config = load_run(model)
