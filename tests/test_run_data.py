@@ -108,6 +108,8 @@ def test_resume_and_a_lost_file_keep_to_the_recorded_split(pet_run, pets, tmp_pa
     assert result.n == 9
     log = (copy / "train.log").read_text().splitlines()
     assert "90 train / 20 val / 9 test" in [line for line in log if "params)" in line][-1]
+    # The record stays what the run started with: the lost file is still missing next time.
+    assert len(json.loads((copy / "splits.json").read_text())["splits"]["test"]) == 10
 
 
 def test_the_input_line_says_what_the_image_files_are(pet_run, pets, tmp_path) -> None:

@@ -4,32 +4,5 @@
     from cnnzoo.callbacks import EarlyStopping, ModelCheckpoint, TensorBoard
 """
 
-from cnnzoo.train.callbacks import (
-    Callback,
-    CallbackList,
-    CSVLogger,
-    EarlyStopping,
-    ModelCheckpoint,
-    Monitor,
-    Plots,
-    ProgressBar,
-    ReduceLROnPlateau,
-    TensorBoard,
-    as_callback,
-    with_defaults,
-)
-
-__all__ = [
-    "CSVLogger",
-    "Callback",
-    "CallbackList",
-    "EarlyStopping",
-    "ModelCheckpoint",
-    "Monitor",
-    "Plots",
-    "ProgressBar",
-    "ReduceLROnPlateau",
-    "TensorBoard",
-    "as_callback",
-    "with_defaults",
-]
+from cnnzoo.train.callbacks import *  # noqa: F403  (this module is that one's public name)
+from cnnzoo.train.callbacks import __all__  # noqa: F401

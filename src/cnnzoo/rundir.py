@@ -328,6 +328,8 @@ class RunDir:
     def read_splits(self, root: str | Path | None = None) -> RecordedSplits | None:
         """The split splits.json records (None when the run has none), its files under ``root``
         (default: the folder it was recorded from)."""
+        from cnnzoo.data import FileSplit
+
         path = self.path / SPLITS_FILE
         if not path.is_file():
             return None
@@ -336,8 +338,6 @@ class RunDir:
             base = Path(root if root is not None else record["root"]).expanduser()
             splits = {}
             for name, rows in record["splits"].items():
-                from cnnzoo.data import FileSplit
-
                 splits[name] = FileSplit([base / rel for rel, _ in rows],
                                          [int(label) for _, label in rows])  # fmt: skip
             return RecordedSplits(base, [str(c) for c in record["class_names"]],
@@ -533,7 +533,7 @@ def resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
     A finished run gives the weights it ended with, the ones its metrics.json scored and
     ``fit``'s ``history.model`` holds: the last epoch's, or the best when early stopping
     restored them (metrics.json's ``weights_file``). A run without that record (unfinished, or
-    from cnnzoo < 0.2) gives its ``best.safetensors``, else its ``last.safetensors``.
+    written before runs kept it) gives its ``best.safetensors``, else its ``last.safetensors``.
     """
     path = Path(run_or_checkpoint)
     if not path.exists():

@@ -123,9 +123,9 @@ def _prepare(model: Any) -> tuple[nn.Module, dict[str, Any]]:
         facts = dict(getattr(model, "default_cfg", None) or {})
         pretrained = getattr(model, "pretrained_cfg", None) or {}
         if "class_names" not in facts and pretrained.get("mean") and pretrained.get("std"):
+            channels = pretrained.get("in_chans") or facts["input_size"][0]
             facts.update(mean=pretrained["mean"], std=pretrained["std"],
-                         resize=pretrained.get("crop_size"),
-                         input_size=(pretrained.get("in_chans") or facts["input_size"][0],))  # fmt: skip
+                         resize=pretrained.get("crop_size"), input_size=(channels,))  # fmt: skip
         return model.eval(), facts
     from cnnzoo.rundir import load_run
 

@@ -194,7 +194,8 @@ class Trainer:
             # and `predict` rebuild exactly this network.
             recorded = replace(cfg, model_kwargs=self.model_kwargs, resume=None, overwrite=False)
             self.run.write_config(recorded, self.facts)
-            self.run.write_splits(bundle)
+            if splits is None:  # a resumed run keeps the record it started with
+                self.run.write_splits(bundle)
 
     def _wrap(self) -> None:
         """The module the loop calls: the model, under DDP and/or torch.compile when asked."""
