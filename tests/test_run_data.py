@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from cnnzoo.cli.eval_cmd import evaluate_run
@@ -17,14 +19,20 @@ FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)
 
 
 @pytest.fixture(scope="module")
-def pet_run(tmp_path_factory, pets) -> tuple[Path, Path]:
-    """lenet5 trained one epoch on a 60 + 60 image folder split 90/20/10 (the notes' way)."""
+def pet_fit(tmp_path_factory, pets) -> tuple[Path, Path, Any]:
+    """lenet5 trained one epoch on a 60 + 60 image folder split 90/20/10 (the notes' way):
+    (the folder, the run, fit's History)."""
     base = tmp_path_factory.mktemp("pets")
     folder, run = base / "pets", base / "run"
     pets(folder, 60)
-    fit(model="lenet5", dataset=f"imagefolder:{folder}", split=[90, 20, 10], epochs=1,
-        batch_size=16, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
-    return folder, run
+    history = fit(model="lenet5", dataset=f"imagefolder:{folder}", split=[90, 20, 10], epochs=1,
+                  batch_size=16, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
+    return folder, run, history
+
+
+@pytest.fixture(scope="module")
+def pet_run(pet_fit) -> tuple[Path, Path]:
+    return pet_fit[:2]
 
 
 def test_evaluate_scores_the_runs_own_test_split(pet_run) -> None:
@@ -40,6 +48,24 @@ def test_evaluate_scores_the_runs_own_test_split(pet_run) -> None:
     assert result.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
     val, _ = evaluate_run(run, split="val")
     assert val.n == 20
+
+
+def test_python_reads_the_runs_image_folder_as_the_run_split_it(pet_fit) -> None:
+    import cnnzoo
+    from cnnzoo.rundir import RunDir
+
+    folder, run, history = pet_fit
+    metrics = json.loads((run / "metrics.json").read_text())
+    for model in (run, history.model):
+        scores = cnnzoo.evaluate(model, f"imagefolder:{folder}")
+        assert scores["accuracy"] == pytest.approx(metrics["test_top1"], abs=1e-12)
+        assert scores["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    # The same folder written another way is still the run's own, split as recorded.
+    spelled = f"imagefolder:{folder.parent}/../{folder.parent.name}/{folder.name}"
+    probabilities = cnnzoo.predict(history.model, spelled)
+    test = RunDir(run).read_splits().splits["test"]
+    assert probabilities.shape == (10, 2)
+    assert np.array_equal(probabilities, cnnzoo.predict(run, list(test.paths)))
 
 
 def test_the_test_files_are_recorded_and_never_seen_in_training(pet_run) -> None:

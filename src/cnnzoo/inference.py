@@ -131,7 +131,9 @@ def from_module(model: nn.Module) -> InferenceModel:
         "in_chans": int(cfg["input_size"][0]),
         "dataset": cfg.get("dataset", ""),
     }
-    return _generic(model.eval(), name, f"{name} (in memory)", config=facts)
+    # The run fit trained it in: its recorded split is the model's own data split.
+    run_dir = Path(cfg["run_dir"]) if cfg.get("run_dir") else None
+    return _generic(model.eval(), name, f"{name} (in memory)", config=facts, run_dir=run_dir)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -288,12 +290,14 @@ def _generic(
     *,
     config: dict[str, Any] | None = None,
     trained: bool = True,
+    run_dir: Path | None = None,
 ) -> InferenceModel:
     """A model without a run or named weights: the model's own size and statistics, or what
     ``config`` (metadata a file carried) says."""
     config = {k: v for k, v in (config or {}).items() if v is not None}
     config.setdefault("in_chans", model.default_cfg["input_size"][0])
-    return _prepared_as_config(model, name, config, description, trained=trained)
+    return _prepared_as_config(model, name, config, description, trained=trained,
+                               run_dir=run_dir)  # fmt: skip
 
 
 def _prepared_as_config(

@@ -419,6 +419,12 @@ def folder_of(dataset: str) -> Path:
     return Path(dataset.split(":", 1)[1]).expanduser().resolve()
 
 
+def _same_folder(spec: str, own: str) -> bool:
+    """Whether ``spec`` names the image folder ``own`` does, however it is written."""
+    both = spec.startswith("imagefolder:") and own.startswith("imagefolder:")
+    return both and folder_of(spec) == folder_of(own)
+
+
 def _without(split: Any, gone: set[Path]) -> Any:
     from cnnzoo.data import FileSplit
 
@@ -454,7 +460,7 @@ def run_data(
         )
     if not spec:
         raise UsageError("name the data with --dataset (a dataset name or imagefolder:PATH)")
-    if run_dir is not None and spec == own and own.startswith("imagefolder:"):
+    if run_dir is not None and _same_folder(spec, own):
         recorded = RunDir(run_dir).read_splits(folder_of(own))
         if recorded is not None:
             return recorded.bundle(seed=int(config.get("seed") or 0))

@@ -108,6 +108,7 @@ def _remember_input(model: nn.Module, trainer: Any) -> None:
         class_names=list(trainer.bundle.class_names),
         resize=trainer.image_size,
         dataset=trainer.bundle.name,
+        run_dir=str(trainer.run.path),  # where its data split is recorded
     )  # fmt: skip
     model.default_cfg = cfg  # type: ignore[assignment]
 
@@ -195,9 +196,14 @@ def evaluate(model: Any, x: Any, y: Any = None, *, batch_size: int = 256) -> dic
 
     A module is scored with the weights it holds: after ``fit``, the weights the run ended with
     (the last epoch's, or the best when early stopping restored them), which a run directory
-    also gives (see :func:`cnnzoo.rundir.resolve_run`) and ``history.metrics`` scored."""
+    also gives (see :func:`cnnzoo.rundir.resolve_run`) and ``history.metrics`` scored.
+
+    ``x`` a dataset by name scores its test split as ``cnnzoo evaluate`` does: an image folder
+    the model's run trained on is split as the run recorded it (``splits.json``)."""
     from cnnzoo.analysis.metrics import classes_of, evaluate_model
 
+    if isinstance(x, str):
+        return _evaluate_dataset(model, x, batch_size)
     module, facts = _prepare(model)
     images, labels = _arrays(x, y, "x")
     units = getattr(module, "num_classes", 0)
@@ -216,18 +222,48 @@ def predict(model: Any, x: Any, *, batch_size: int = 256) -> np.ndarray:
     ``x`` may also be image files: a path, a folder (its images in sorted order, as `cnnzoo
     predict` lists them) or a list of paths, each prepared as the model's own inputs are (the
     input ``fit`` recorded, a run's evaluation transform, or the weights' own transforms).
+    ``imagefolder:PATH`` gives its test images, split as the model's run recorded them.
     """
     from cnnzoo.analysis.metrics import class_logits
 
+    if isinstance(x, str) and x.startswith("imagefolder:"):  # its test split, as the run split it
+        loaded = _loaded(model)
+        return _predict_files(loaded, list(_run_data(loaded, x).test.paths), batch_size)
     files = _image_files(x)
     if files is not None:
-        return _predict_files(model, files, batch_size)
+        return _predict_files(_loaded(model), files, batch_size)
     module, facts = _prepare(model)
     images, labels = _arrays(x, None, "x")
     rows = [torch.softmax(class_logits(module(batch)).float(), dim=1).cpu()
             for batch, _ in _loader(module, facts, images, labels, batch_size)]  # fmt: skip
     probabilities = torch.cat(rows)
     return _keras_columns(module, probabilities).numpy()
+
+
+def _loaded(model: Any) -> Any:
+    """The InferenceModel of a module or a run directory (or checkpoint)."""
+    from cnnzoo.inference import from_module, load_model
+
+    return from_module(model) if isinstance(model, nn.Module) else load_model(model)
+
+
+def _run_data(loaded: Any, spec: str) -> Any:
+    """The dataset ``spec``, split as the model's run split it (an image folder's recorded
+    split; see :func:`cnnzoo.rundir.run_data`)."""
+    from cnnzoo.rundir import run_data
+
+    return run_data(loaded.config, loaded.run_dir, dataset=spec)
+
+
+def _evaluate_dataset(model: Any, spec: str, batch_size: int) -> dict[str, float]:
+    """The test split of a dataset by name, scored as ``cnnzoo evaluate`` scores it."""
+    from cnnzoo.cli.eval_cmd import evaluate_source
+
+    loaded = _loaded(model)
+    device = next((p.device for p in loaded.model.parameters()), torch.device("cpu"))
+    result, _ = evaluate_source(loaded, dataset=spec, batch_size=batch_size, device=device,
+                                progress=sys.stderr.isatty())  # fmt: skip
+    return {"loss": result.loss, "accuracy": result.top1, "top5_accuracy": result.top5}
 
 
 def _keras_columns(module: Any, probabilities: torch.Tensor) -> torch.Tensor:
@@ -250,14 +286,12 @@ def _image_files(x: Any) -> list[Path] | None:
     return paths
 
 
-def _predict_files(model: Any, paths: list[Path], batch_size: int) -> np.ndarray:
+def _predict_files(loaded: Any, paths: list[Path], batch_size: int) -> np.ndarray:
     import warnings
 
     from cnnzoo.analysis.predict import collect_images, iter_predictions
     from cnnzoo.errors import DataError
-    from cnnzoo.inference import from_module, load_model
 
-    loaded = from_module(model) if isinstance(model, nn.Module) else load_model(model)
     found = [path for path, _ in collect_images(paths)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
