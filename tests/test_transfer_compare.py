@@ -215,3 +215,31 @@ def test_compare_of_image_folder_runs_names_their_data_and_drops_a_trivial_top5(
     assert "fashion_mnist" not in printed and "top-5" not in printed and "top-1" in printed
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert {row["num_classes"] for row in rows} == {2}
+
+
+@pytest.mark.parametrize("units", [2, 1])
+def test_the_recipes_new_head_is_the_one_the_run_records(tmp_path, pets, units) -> None:
+    """``m.fc = nn.Linear(..., 2)`` (or one sigmoid unit) on a 10-class model: the run records
+    the head it trained, so `cnnzoo evaluate RUN` rebuilds it and scores what training did."""
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    pets(folder, 10)
+    for path in folder.rglob("*.png"):  # grey, as the fashion_mnist weights' stem takes
+        Image.open(path).convert("L").save(path)
+    model = cnnzoo.create_model("resnet20", weights="fashion_mnist")
+    for param in model.parameters():
+        param.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, units)
+    run = tmp_path / "run"
+    history = fit(model, f"imagefolder:{folder}", split=[12, 4, 4], epochs=1, batch_size=4,
+                  image_size=28, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
+    assert history.model.num_classes == units
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_kwargs"].get("num_classes", 2) == units
+    result, _ = evaluate_run(run)
+    assert result.n == 4 and result.loss == pytest.approx(history.metrics["test_loss"], rel=1e-6)
+    scores = cnnzoo.evaluate(history.model, f"imagefolder:{folder}")
+    assert scores["loss"] == pytest.approx(history.metrics["test_loss"], rel=1e-6)
+    probabilities = cnnzoo.predict(history.model, f"imagefolder:{folder}")
+    assert probabilities.shape == (4, 1 if units == 1 else 2)  # Keras' (N, 1) for a sigmoid

@@ -244,7 +244,7 @@ def plan_run(
     """:func:`plan_input` for a run's config and data; a model given ready-made is fed the
     images as they are (or at ``config.image_size``)."""
     if given_model is not None:
-        units = getattr(given_model, "num_classes", None)
+        units = head_units(given_model)
         check_head(units, bundle, "the model", exact=False)
         kwargs = dict(config.model_kwargs)
         if isinstance(units, int) and units != bundle.num_classes:
@@ -270,6 +270,23 @@ def plan_run(
                       dict(config.model_kwargs), config.image_size,
                       small_input=not config.weights,
                       files=None if bundle.in_memory else describe_files(bundle))  # fmt: skip
+
+
+def head_units(model: Any) -> Any:
+    """The outputs of ``model``'s classifier. A zoo model whose classifier the user replaced
+    (``m.fc = nn.Linear(m.fc.in_features, 2)``, the notes' transfer recipe) is told its new
+    ``num_classes``, as timm's ``reset_classifier`` keeps it in step, so that the run records
+    and rebuilds the head it trained."""
+    units = getattr(model, "num_classes", None)
+    try:
+        head = model.get_classifier()
+    except (AttributeError, TypeError):  # not a zoo model, or its classifier moved
+        return units
+    outputs = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    if isinstance(outputs, int) and outputs != units:
+        model.num_classes = outputs
+        return outputs
+    return units
 
 
 def describe_files(bundle: Any) -> str:
