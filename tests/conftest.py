@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["CNNZOO_CACHE"] = str(tmp_path_factory.mktemp("cnnzoo-cache"))
+
+
+def write_pets(root: Path, per_class: int, start: int = 0, side: int = 20) -> None:
+    """A two-class image folder told apart by colour: 'cat' images reddish, 'dog' greenish
+    (the notes' dogs-vs-cats layout, small enough to train in a second)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(start)
+    for channel, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            pixels = rng.integers(0, 120, (side, side, 3), dtype=np.uint8)
+            pixels[..., channel] += 120
+            Image.fromarray(pixels).save(root / name / f"{name}{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def pets() -> Callable[..., None]:
+    """:func:`write_pets`, for tests that need an image folder of their own."""
+    return write_pets

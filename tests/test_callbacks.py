@@ -4,6 +4,7 @@ training, the order of the hooks, and callback state that survives a resume."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,96 @@ def test_model_checkpoint_csv_logger_and_tensorboard_histograms(tmp_path: Path) 
     assert [e.step for e in events.Histograms("conv1.weight")] == [2]  # every 2nd epoch
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
     assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (1, 2)
+
+
+class Scramble(Callback):
+    """Wrecks the weights as the last epoch begins, so that the last epoch is the worst and
+    a run's best and last checkpoints differ for certain."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        assert self.trainer is not None
+        if epoch == self.trainer.epochs - 1:
+            with torch.no_grad():
+                for param in self.trainer.model.parameters():
+                    param.mul_(-40.0)
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_python_and_the_cli_score_the_weights_the_run_ended_with(tmp_path, restore) -> None:
+    """One rule: a run's weights are those it ended with (the last epoch's, or the best when
+    early stopping restored them); history.model holds them, metrics.json scored them, and
+    `cnnzoo evaluate RUN` and cnnzoo.evaluate(RUN) load them."""
+    import cnnzoo
+    from cnnzoo.cli.eval_cmd import evaluate_run
+    from cnnzoo.data import load_dataset
+
+    callbacks: list[Callback] = [Scramble()]
+    if restore:
+        callbacks.append(EarlyStopping(patience=5, restore_best_weights=True))
+    run = tmp_path / "run"
+    history = fit(**DIGITS, epochs=2, output_dir=str(run), callbacks=callbacks)
+    test = load_dataset("digits").test
+    scored = history.metrics["test_top1"]
+    assert cnnzoo.evaluate(history.model, test.images, test.labels)["accuracy"] == scored
+    assert cnnzoo.evaluate(run, test.images, test.labels)["accuracy"] == scored
+    assert evaluate_run(run)[0].top1 == pytest.approx(scored, abs=1e-12)
+    last = load_checkpoint(run, "last").weights
+    best = load_checkpoint(run, "best").weights
+    assert not torch.equal(last["fc.weight"], best["fc.weight"])  # the case that matters
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["weights_file"] == ("best.safetensors" if restore else "last.safetensors")
+
+
+def test_cnnzoo_callbacks_is_a_module_path_as_keras_callbacks_is() -> None:
+    import importlib
+
+    import cnnzoo
+
+    module = importlib.import_module("cnnzoo.callbacks")
+    from cnnzoo.callbacks import EarlyStopping as Imported
+
+    assert cnnzoo.callbacks is module and Imported is EarlyStopping
+    assert module.TensorBoard is TensorBoard and module.Callback is Callback
+
+
+class DuckRecorder:
+    """A callback as PyTorch users write them: no base class, only the hooks it needs (one by
+    Keras' older name), and its own state."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.batches = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.calls.append(("epoch_end", epoch))
+        assert logs is not None and "val_loss" in logs
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": len(self.calls)}
+
+
+def test_duck_typed_callbacks_run_and_other_objects_are_one_clear_error(tmp_path) -> None:
+    recorder = DuckRecorder()
+    fit(**DIGITS, epochs=2, output_dir=str(tmp_path / "run"), callbacks=[recorder])
+    assert recorder.calls == [("epoch_end", 0), ("epoch_end", 1)]
+    assert recorder.batches == 2 * math.ceil(1294 / 64)
+    state = load_checkpoint(tmp_path / "run", "last").state["callbacks"]
+    assert state["DuckRecorder"] == {"seen": 2}
+    with pytest.raises(TypeError, match="subclass cnnzoo.callbacks.Callback") as caught:
+        fit(**DIGITS, epochs=1, output_dir=str(tmp_path / "bad"), callbacks=[object()])
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_tensorboard_hint_points_at_the_event_files(tmp_path, capsys) -> None:
+    logs = tmp_path / "logs"
+    fit(**{**DIGITS, "tensorboard": True}, epochs=1, output_dir=str(tmp_path / "run"),
+        callbacks=[TensorBoard(log_dir=str(logs))])  # fmt: skip
+    assert list(logs.glob("events.out.tfevents.*"))
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"curves: tensorboard --logdir {logs}" in log
+    assert f"--logdir {tmp_path / 'run'}" not in log

@@ -159,3 +159,66 @@ def test_verify_exits_1_on_a_mismatch(
     code, out, _ = run(capsys, "verify", "lenet5", "--no-progress")
     assert code == 1
     assert "MISMATCH" in out and "1 failed (lenet5)" in out
+
+
+def test_models_measure_times_caches_sorts_and_picks(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from cnnzoo.analysis import latency
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    args = ("models", "lenet*", "--measure", "--backend", "eager", "--no-progress")
+    code, out, err = run(capsys, *args, "--sort", "latency")
+    assert code == 0, err
+    stored = json.loads((tmp_path / "tables" / "latency.json").read_text())
+    figures = {name: next(iter(stored[name].values())) for name in ("lenet5", "lenet_caffe")}
+    assert all(f["eager_ms"] > 0 and f["optimized_ms"] > 0 for f in figures.values())
+    assert figures["lenet5"]["input_size"] == [1, 32, 32] and figures["lenet5"]["batch"] == 1
+    order = sorted(figures, key=lambda n: figures[n]["optimized_ms"])
+    assert out.index(order[0]) < out.index(order[1])  # --sort latency
+    # The guide's picks come from the measured table.
+    lines = out.splitlines()
+    fastest = next(line for line in lines if "fast inference" in line)
+    assert order[0] in fastest and f"{figures[order[0]]['optimized_ms']:.2f} ms" in fastest
+    assert "lenet5" in next(line for line in lines if "memory limited" in line)
+    assert any("learning" in line for line in lines)
+
+    def no_timing(*_: object) -> None:
+        raise AssertionError("measured again although the cache holds the figures")
+
+    monkeypatch.setattr(latency, "measure_latency", no_timing)
+    code, again, _ = run(capsys, *args, "--sort", "params")
+    assert code == 0 and again.index("lenet5") < again.index("lenet_caffe")
+    assert f"{figures['lenet5']['eager_ms']:.2f}" in again
+    # Another size is another measurement: LeNet-5 cannot take 16 px, and says so.
+    monkeypatch.undo()
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    code, small, _ = run(capsys, "models", "lenet5", "--measure", "--backend", "eager",
+                         "--input-size", "1x16x16", "--no-progress")  # fmt: skip
+    assert code == 0 and "needs inputs of at least 28x28" in " ".join(small.split())
+
+
+def test_models_sort_and_measure_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "resnet[15]*", "--sort", "top1", "--no-progress")
+    assert code == 0
+    assert out.index("resnet152") < out.index("resnet50") < out.index("resnet18")
+    for argv, fragment in ((["--sort", "latency"], "--sort latency needs --measure"),
+                           (["--batch", "4"], "settings of --measure")):
+        code, _, err = run(capsys, "models", "lenet5", *argv)
+        assert code == 2 and fragment in err and err.count("\n") == 1
+
+
+def test_guide_picks_follow_the_measured_figures() -> None:
+    from cnnzoo.analysis.latency import Latency, guide_picks
+
+    def lat(eager: float, optimized: float) -> Latency:
+        return Latency(1, (3, 224, 224), 2, eager, optimized, "onnxruntime", 1)
+
+    latencies = {"resnet18": lat(30.0, 20.0), "mobilenet_v3_small": lat(9.0, 4.0),
+                 "efficientnet_b4": lat(200.0, 90.0), "vgg16": lat(250.0, 180.0),
+                 "alexnet": Latency(1, (3, 8, 8), error="too small")}  # fmt: skip
+    params = {"resnet18": 11_689_512, "mobilenet_v3_small": 2_542_856,
+              "efficientnet_b4": 19_341_616, "vgg16": 138_357_544, "alexnet": 61_100_840}
+    picks = {pick.need: pick.model for pick in guide_picks(latencies, params)}
+    assert picks == {"fast inference": "mobilenet_v3_small", "memory limited": "mobilenet_v3_small",
+                     "high accuracy": "efficientnet_b4", "learning": "resnet18"}

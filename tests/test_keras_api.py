@@ -16,7 +16,7 @@ import cnnzoo
 from cnnzoo.cli.main import main
 from cnnzoo.data import load_dataset, read_idx
 from cnnzoo.data.arrays import as_images, as_labels, bundle_from_arrays
-from cnnzoo.errors import DataError, UsageError
+from cnnzoo.errors import CnnzooError, DataError, UsageError
 from cnnzoo.train.callbacks import EarlyStopping
 
 FAST = dict(quiet=True, num_threads=1, tensorboard=False, plots=False)
@@ -180,7 +180,75 @@ def test_the_notes_keras_script_runs_with_cnnzoo(tmp_path: Path, fashion_dir) ->
     assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
     (run,) = (tmp_path / "runs").iterdir()  # the user's TensorBoard replaced the run's
     assert not list(run.glob("events.out.tfevents.*")) and (run / "best.safetensors").is_file()
+    # The notes' plain SGD at a constant lr, and nothing the default recipe would add.
+    config = json.loads((run / "config.json").read_text())
+    assert (config["optimizer"], config["lr"], config["momentum"]) == ("sgd", 0.01, 0.0)
+    assert (config["weight_decay"], config["schedule"], config["augment"]) == (0.0, "none", "none")
+    assert config["label_smoothing"] == 0.0 and config["ema_decay"] == 0.0
+    assert "sgd lr 0.01 wd 0, none schedule" in (run / "train.log").read_text()
+    assert "tensorboard --logdir ./logs" in done.stdout
     skipped = ("#", '"""', "python")
     keras_lines = [line for line in example.read_text().splitlines()
                    if line.strip() and not line.lstrip().startswith(skipped)]  # fmt: skip
     assert len(keras_lines) <= 25  # the Keras original: 36 lines of code with its model class
+
+
+def test_fit_takes_the_split_as_the_command_line_writes_it(tmp_path: Path, pets) -> None:
+    from cnnzoo.train import TrainConfig
+
+    assert TrainConfig.from_dict({"split": "400/92/10"}).split_parts() == (400, 92, 10)
+    assert TrainConfig.from_dict({"split": "0.8,0.1,0.1"}).split_parts() == (0.8, 0.1, 0.1)
+    with pytest.raises(UsageError, match="TRAIN/VAL/TEST"):
+        TrainConfig.from_dict({"split": "400/92"})
+    pets(tmp_path / "pets", 6)
+    cnnzoo.fit("lenet5", f"imagefolder:{tmp_path / 'pets'}", split="8/2/2", epochs=1,
+               num_workers=0, output_dir=str(tmp_path / "run"), **FAST)  # fmt: skip
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["split"] == [8, 2, 2]
+    assert "8 train / 2 val / 2 test" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_evaluate_of_a_run_trained_on_arrays_says_how_to_give_data(tmp_path, digits,
+                                                                   capsys) -> None:  # fmt: skip
+    run = tmp_path / "run"
+    cnnzoo.fit("lenet5", digits["x_train"][:200], digits["y_train"][:200], epochs=1,
+               output_dir=str(run), **FAST)  # fmt: skip
+    code = main(["evaluate", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cnnzoo.evaluate(RUN, x_test, y_test)" in err and "--dataset" in err
+    assert main(["evaluate", str(run), "--dataset", "digits"]) == 0
+
+
+def test_predict_takes_image_files_folders_and_lists(tmp_path: Path, digits) -> None:
+    from cnnzoo.analysis.predict import predict_images
+    from cnnzoo.cli.eval_cmd import load_model
+
+    history = cnnzoo.fit("lenet5", digits["x_train"], digits["y_train"], epochs=1,
+                         output_dir=str(tmp_path / "run"), **FAST)  # fmt: skip
+    folder = tmp_path / "photos"
+    for i in range(3):
+        (folder / str(digits["y_test"][i])).mkdir(parents=True, exist_ok=True)
+        grey = (digits["x_test"][i, :, :, 0] * 255).round().astype(np.uint8)
+        Image.fromarray(grey, "L").save(folder / str(digits["y_test"][i]) / f"{i}.png")
+    files = sorted(folder.rglob("*.png"))
+    from_files = cnnzoo.predict(history.model, [str(f) for f in files])
+    assert from_files.shape == (3, 10) and np.allclose(from_files.sum(1), 1, atol=1e-5)
+    # The PNG holds exactly the array's pixels: the same probabilities as from the array.
+    order = [int(f.stem) for f in files]
+    from_arrays = cnnzoo.predict(history.model, digits["x_test"][order])
+    np.testing.assert_allclose(from_files, from_arrays, atol=1e-5)
+    np.testing.assert_allclose(cnnzoo.predict(history.model, folder), from_files, atol=1e-6)
+    np.testing.assert_allclose(cnnzoo.predict(history.model, files[0]), from_files[:1],
+                               atol=1e-6)  # fmt: skip
+    # A run directory, and weights by name, prepare files as `cnnzoo predict` does.
+    np.testing.assert_allclose(cnnzoo.predict(tmp_path / "run", files), from_files, atol=1e-5)
+    shipped = cnnzoo.create_model("resnet20", weights="fashion_mnist")
+    cli = torch.stack([p.probabilities for p in predict_images(
+        load_model("resnet20", "fashion_mnist"), files, topk=1)])  # fmt: skip
+    np.testing.assert_allclose(cnnzoo.predict(shipped, files), cli.numpy(), atol=1e-6)
+    # Arrays reach those weights with their statistics too (not the architecture's defaults).
+    np.testing.assert_allclose(cnnzoo.predict(shipped, digits["x_test"][order]), cli.numpy(),
+                               atol=1e-4)  # fmt: skip
+    with pytest.raises(CnnzooError, match="china.jpg: no such image file"):
+        cnnzoo.predict(history.model, "china.jpg")

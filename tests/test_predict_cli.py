@@ -314,3 +314,26 @@ def test_weights_error_from_load_run_directly(tmp_path, run) -> None:
     (tmp_path / "best.safetensors").write_bytes(b"")
     with pytest.raises(WeightsError):
         load_run(tmp_path)
+
+
+def test_predictions_table_never_cuts_class_names() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cnnzoo.analysis.predict import Prediction
+    from cnnzoo.cli.eval_cmd import predictions_table
+
+    names = ["T-shirt/top", "Ankle boot", "Pullover", "Sneaker", "Dress"]
+    rows = [Prediction(Path(f"photos/Ankle boot/{i}.png"), list(range(5)), names,
+                       [0.6, 0.1, 0.1, 0.1, 0.1], 1, "Ankle boot") for i in range(3)]  # fmt: skip
+    for width, layout in ((80, "rank"), (200, "top-5")):
+        buffer = io.StringIO()
+        Console(file=buffer, width=width, color_system=None).print(
+            predictions_table(rows, 5, width)
+        )
+        text = buffer.getvalue()
+        assert layout in text and "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        for name in names:
+            assert text.count(name) >= 3, (width, name)  # whole, on one line, in every row

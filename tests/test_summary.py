@@ -213,3 +213,32 @@ def test_verify_reports_a_wrong_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     (row,) = verify(["resnet20"], progress=False)
     assert row.params_status == MISMATCH and not row.ok
     assert any("made up" in note for note in row.notes)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "mobilenet_v3_small"])
+def test_every_classifier_layer_has_its_macs_and_shape(name: str) -> None:
+    """The notes' point about VGG: where its cost and parameters sit, the dense layers included."""
+    result = summary(meta(name))
+    rows = {row.name: row for row in result.rows}
+    linears = [row for row in result.rows if row.type == "Linear"]
+    assert len(linears) >= 2
+    for row in linears:
+        module = meta(name).get_submodule(row.name)
+        assert row.macs == module.in_features * module.out_features, row.name
+        assert row.output_shapes == ((1, module.out_features),)
+    classifier = rows["classifier"]
+    assert classifier.output_shapes == ((1, 1000),)
+    assert classifier.macs == sum(row.macs for row in linears)
+    assert sum(row.macs for row in result.rows if row.depth == 1) == result.total_macs
+
+
+@pytest.mark.slow
+def test_every_zoo_layer_that_runs_has_its_macs_and_shape() -> None:
+    from cnnzoo.registry import list_models
+
+    for name in list_models():
+        rows = summary(meta(name)).rows
+        # Auxiliary classifiers run in training only; everything else runs in eval mode.
+        ran = [row for row in rows if "aux" not in row.name.lower()]
+        assert all(row.output_shapes for row in ran if row.params), name
+        assert all(row.macs for row in ran if row.type in ("Conv2d", "Linear")), name

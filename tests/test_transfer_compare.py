@@ -79,7 +79,10 @@ def test_pretrained_classifier_for_other_classes_is_replaced(tmp_path) -> None:
     assert trained["fc.weight"].shape == (10, 512)
     # The RGB stem was summed over its input channels for the 1-channel digits.
     assert torch.allclose(trained["conv1.weight"], donor.conv1.weight.sum(1, keepdim=True))
-    assert "keeping the model's freshly initialised classifier" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    # The new head is what transfer learning wants: said as such, not as a mismatch.
+    assert "weights: a new head for the data's classes (10 outputs) takes the place of" in log
+    assert "does not fit" not in log
 
 
 @pytest.mark.parametrize(
@@ -170,3 +173,73 @@ def test_fast_data_path_learns_as_well_as_a_plain_dataloader(tmp_path) -> None:
         plain = (model(prepare(bundle.test.images)).argmax(1) == bundle.test.labels).float().mean()
     assert plain.item() >= 0.9 and fast["test_top1"] >= 0.9
     assert abs(fast["test_top1"] - plain.item()) <= 0.03
+
+
+def test_the_notes_python_transfer_recipe_trains_as_the_cli_does(tmp_path) -> None:
+    """create_model(weights=...), requires_grad=False, a new head, fit: the weights' own
+    normalisation, and the frozen layers' batch-norm statistics stay as they came."""
+    model = cnnzoo.create_model("resnet20", weights="fashion_mnist")
+    for param in model.parameters():
+        param.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, 10)  # digits' ten classes
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert any(k.endswith("running_mean") for k in frozen)
+    history = fit(model, "digits", epochs=1, output_dir=str(tmp_path / "run"), **DIGITS)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    # Fashion-MNIST's statistics, which the weights were trained with (digits' own are others).
+    assert config["data"]["mean"] == pytest.approx(model.pretrained_cfg["mean"])
+    assert config["data"]["std"] == pytest.approx(model.pretrained_cfg["std"])
+    for key, value in frozen.items():
+        assert torch.equal(history.model.state_dict()[key], value), key
+    assert not torch.equal(history.model.fc.weight, nn.Linear(64, 10).weight)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "normalised with the statistics of its fashion_mnist weights" in log
+    assert "batch norms of the frozen layers stay in eval mode" in log
+
+
+def test_compare_of_image_folder_runs_names_their_data_and_drops_a_trivial_top5(
+    tmp_path, pets, capsys
+) -> None:
+    folder = tmp_path / "pets"
+    pets(folder, 10)
+    runs = []
+    for model in ("lenet5", "resnet20"):
+        runs.append(tmp_path / model)
+        fit(model=model, dataset=f"imagefolder:{folder}", split=[12, 4, 4], epochs=1,
+            batch_size=4, num_workers=0, output_dir=str(runs[-1]), **FAST)  # fmt: skip
+    capsys.readouterr()
+    code = main(["compare", *map(str, runs), "--output-dir", str(tmp_path / "cmp")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert f"cnnzoocompare(imagefolder:{folder})" in "".join(printed.split())  # wrapped at 80
+    assert "fashion_mnist" not in printed and "top-5" not in printed and "top-1" in printed
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert {row["num_classes"] for row in rows} == {2}
+
+
+@pytest.mark.parametrize("units", [2, 1])
+def test_the_recipes_new_head_is_the_one_the_run_records(tmp_path, pets, units) -> None:
+    """``m.fc = nn.Linear(..., 2)`` (or one sigmoid unit) on a 10-class model: the run records
+    the head it trained, so `cnnzoo evaluate RUN` rebuilds it and scores what training did."""
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    pets(folder, 10)
+    for path in folder.rglob("*.png"):  # grey, as the fashion_mnist weights' stem takes
+        Image.open(path).convert("L").save(path)
+    model = cnnzoo.create_model("resnet20", weights="fashion_mnist")
+    for param in model.parameters():
+        param.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, units)
+    run = tmp_path / "run"
+    history = fit(model, f"imagefolder:{folder}", split=[12, 4, 4], epochs=1, batch_size=4,
+                  image_size=28, num_workers=0, output_dir=str(run), **FAST)  # fmt: skip
+    assert history.model.num_classes == units
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_kwargs"].get("num_classes", 2) == units
+    result, _ = evaluate_run(run)
+    assert result.n == 4 and result.loss == pytest.approx(history.metrics["test_loss"], rel=1e-6)
+    scores = cnnzoo.evaluate(history.model, f"imagefolder:{folder}")
+    assert scores["loss"] == pytest.approx(history.metrics["test_loss"], rel=1e-6)
+    probabilities = cnnzoo.predict(history.model, f"imagefolder:{folder}")
+    assert probabilities.shape == (4, 1 if units == 1 else 2)  # Keras' (N, 1) for a sigmoid

@@ -17,7 +17,6 @@ _EXPORTS = {
     "History": "cnnzoo.train",
     "TrainConfig": "cnnzoo.train",
     "Trainer": "cnnzoo.train",
-    "callbacks": "cnnzoo.train",
     "evaluate": "cnnzoo.train",
     "fit": "cnnzoo.train",
     "predict": "cnnzoo.train",
@@ -57,7 +56,13 @@ __all__ = [
 ]
 
 
+# public submodules, loaded on first use like the names above
+_SUBMODULES = ("callbacks",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cnnzoo.{name}")  # the import binds it here
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")
@@ -67,15 +72,16 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
 
 
 if TYPE_CHECKING:
+    from cnnzoo import callbacks
     from cnnzoo.analysis.flops import count_macs
     from cnnzoo.analysis.receptive_field import receptive_field
     from cnnzoo.analysis.summary import summary
     from cnnzoo.optimize import optimize
     from cnnzoo.pretrained import get_weight_spec, list_weights
     from cnnzoo.registry import create_model, list_models, model_info
-    from cnnzoo.train import History, TrainConfig, Trainer, callbacks, evaluate, fit, predict
+    from cnnzoo.train import History, TrainConfig, Trainer, evaluate, fit, predict
     from cnnzoo.weights import load_weights, save_weights

@@ -2,8 +2,8 @@
 
 A *source* is one of:
 
-- a run directory written by ``cnnzoo train`` (its best, else last, weights), or a checkpoint
-  file inside one;
+- a run directory written by ``cnnzoo train`` (the weights it ended with, which its metrics.json
+  scored; see :func:`cnnzoo.rundir.resolve_run`), or a checkpoint file inside one;
 - a weights file on its own: a cnnzoo ``.safetensors`` (its metadata names the model) or a
   torchvision ``.pth`` (its file name names the weights, e.g. ``resnet18-f37072fd.pth``);
 - a model name, with ``weights`` a weight name (``IMAGENET1K_V1``, ``DEFAULT``, ``imagenet``,
@@ -27,7 +27,7 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError, UsageError, WeightsError
 
-__all__ = ["InferenceModel", "load_model"]
+__all__ = ["InferenceModel", "from_module", "load_model"]
 
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,6 +98,42 @@ def load_model(
             raise CnnzooError(f"{name}: no such run directory or checkpoint file")
         raise UsageError(unknown_model_message(name))
     return _from_model(name, weights, num_classes, in_chans, model_kwargs)
+
+
+def from_module(model: nn.Module) -> InferenceModel:
+    """A module in memory, with the input preparation it was trained with: what ``cnnzoo.fit``
+    recorded in its ``default_cfg``, else its pretrained weights' own transforms
+    (``pretrained_cfg``), else its ``default_cfg``'s size and statistics."""
+    cfg = dict(getattr(model, "default_cfg", None) or {})
+    name = str(cfg.get("name") or type(model).__name__)
+    pretrained = getattr(model, "pretrained_cfg", None)
+    if "class_names" not in cfg and pretrained:
+        from cnnzoo.pretrained import get_weight_spec
+
+        spec = get_weight_spec(pretrained["model"], pretrained["weights"])
+        categories = list(pretrained.get("categories") or [])
+        return InferenceModel(
+            model=model.eval(), name=name, class_names=categories,
+            channels=int(pretrained.get("in_chans") or spec.in_chans),
+            input_size=(int(spec.crop_size), int(spec.crop_size)), preprocess=spec.transforms(),
+            mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]),
+            description=f"{name} with {spec.source} weights {spec.name} ({spec.dataset})",
+            weights=spec.name,
+        )  # fmt: skip
+    if cfg.get("mean") is None or cfg.get("std") is None or "input_size" not in cfg:
+        raise UsageError("the model has no input statistics: train it with cnnzoo.fit, or load a "
+                         "run directory")  # fmt: skip
+    facts = {
+        "class_names": cfg.get("class_names"),
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "image_size": cfg.get("resize") or int(cfg["input_size"][-1]),
+        "in_chans": int(cfg["input_size"][0]),
+        "dataset": cfg.get("dataset", ""),
+    }
+    # The run fit trained it in: its recorded split is the model's own data split.
+    run_dir = Path(cfg["run_dir"]) if cfg.get("run_dir") else None
+    return _generic(model.eval(), name, f"{name} (in memory)", config=facts, run_dir=run_dir)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -230,7 +266,7 @@ def _from_weights_file(
         num_classes = int(head.shape[0]) if head is not None else None
     if in_chans is None:
         in_chans = int(stem.shape[1]) if stem is not None and stem.dim() == 4 else None
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = create_model(name, **{"num_classes": num_classes, "in_chans": in_chans, **kwargs})
     load_weights(model, state)
     model.eval()
     names = _json(meta.get("class_names"), None)
@@ -254,25 +290,28 @@ def _generic(
     *,
     config: dict[str, Any] | None = None,
     trained: bool = True,
+    run_dir: Path | None = None,
 ) -> InferenceModel:
     """A model without a run or named weights: the model's own size and statistics, or what
     ``config`` (metadata a file carried) says."""
     config = {k: v for k, v in (config or {}).items() if v is not None}
     config.setdefault("in_chans", model.default_cfg["input_size"][0])
-    return _prepared_as_config(model, name, config, description, trained=trained)
+    return _prepared_as_config(model, name, config, description, trained=trained,
+                               run_dir=run_dir)  # fmt: skip
 
 
 def _prepared_as_config(
     model: nn.Module, name: str, config: dict[str, Any], description: str, **extra: Any
 ) -> InferenceModel:
     """``model`` with the classes and the evaluation transform a run config describes."""
+    from cnnzoo.analysis.metrics import classes_of
     from cnnzoo.rundir import class_names_of, run_transform
 
     transform = run_transform(config, model)
     return InferenceModel(
         model=model,
         name=name,
-        class_names=class_names_of(config, model.num_classes),
+        class_names=class_names_of(config, classes_of(_outputs(model, config))),
         channels=int(config["in_chans"]),
         input_size=(transform.size, transform.size),
         preprocess=transform,
@@ -282,6 +321,12 @@ def _prepared_as_config(
         config=config,
         **extra,
     )
+
+
+def _outputs(model: nn.Module, config: dict[str, Any]) -> int:
+    """The model's output units (a module of one's own may not say: its class names count)."""
+    units = getattr(model, "num_classes", None)
+    return int(units) if units else len(config.get("class_names") or []) or 1
 
 
 def _json(text: str | None, default: Any) -> Any:

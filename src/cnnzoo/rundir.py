@@ -7,9 +7,13 @@ A run directory holds
   reader can rebuild the model without loading the dataset;
 * ``best`` and ``last`` checkpoints, each a pair ``TAG.safetensors`` (weights, with the model and
   data facts in the file's metadata) + ``TAG.state.pt`` (optimizer, schedule, RNG, callbacks, ...;
-  see :mod:`cnnzoo.checkpoint`);
+  see :mod:`cnnzoo.checkpoint`), and ``final.safetensors`` when the weights the run ended with
+  (restored by early stopping) are neither (metrics.json's ``weights_file`` names the file);
 * ``history.csv`` (one row per epoch), ``metrics.json`` (the final test metrics), ``train.log``,
   TensorBoard event files and the plots ``history.png`` / ``confusion_matrix.png``;
+* ``splits.json`` for an image folder: the files of its train, val and test splits, so that
+  every later reader (evaluate, predict --split, resume) sees exactly the split the run trained
+  with, even after the folder gained or lost files;
 * ``.cnnzoo.lock`` while a process trains in it.
 
 A folder counts as a run only when its ``config.json`` is a cnnzoo run config; ``--overwrite``
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from cnnzoo.train.config import TrainConfig
 
 __all__ = [
+    "FINAL_WEIGHTS",
     "HISTORY_FIELDS",
     "RUN_FILES",
     "RunDir",
@@ -60,7 +65,9 @@ __all__ = [
     "load_run",
     "normalization_of",
     "resolve_run",
+    "RecordedSplits",
     "resumed_config",
+    "run_data",
     "run_transform",
     "weights_metadata",
 ]
@@ -86,9 +93,14 @@ RUN_FILES = (
       for suffix in (".safetensors", ".state.pt", ".safetensors.prev")),
     "history.png",
     "confusion_matrix.png",
+    "splits.json",
+    "final.safetensors",
 )  # fmt: skip
 EVENTS = "events.out.tfevents.*"
 LOCK_FILE = ".cnnzoo.lock"
+# The weights a run ended with when they are neither its last nor its best checkpoint.
+FINAL_WEIGHTS = "final.safetensors"
+SPLITS_FILE = "splits.json"
 
 
 def resumed_config(config: TrainConfig, overrides: Any = None) -> TrainConfig:
@@ -288,6 +300,51 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise CnnzooError(f"{self.metrics_path}: unreadable ({exc})") from None
 
+    # ------------------------------------------------------------------ the data split
+    def write_splits(self, bundle: Any) -> None:
+        """splits.json: an image folder's split file by file (nothing for in-memory sets,
+        whose splits their config reproduces)."""
+        from cnnzoo.data import FileSplit
+
+        if not isinstance(bundle.train, FileSplit):
+            return
+        root = Path(bundle.source)  # the split's paths are under it, as the folder was named
+
+        def entries(split: Any) -> list[list[Any]]:
+            if split is None:
+                return []
+            return [[Path(path).relative_to(root).as_posix(), int(label)]
+                    for path, label in zip(split.paths, split.labels, strict=True)]  # fmt: skip
+
+        record = {
+            "dataset": bundle.name, "root": str(root.resolve()),
+            "class_names": list(bundle.class_names),
+            "channels": bundle.channels,
+            "splits": {name: entries(getattr(bundle, name)) for name in ("train", "val", "test")},
+        }  # fmt: skip
+        # ensure_ascii keeps undecodable file names (surrogates) as escapes that read back.
+        self._write(SPLITS_FILE, (json.dumps(record, indent=0) + "\n").encode())
+
+    def read_splits(self, root: str | Path | None = None) -> RecordedSplits | None:
+        """The split splits.json records (None when the run has none), its files under ``root``
+        (default: the folder it was recorded from)."""
+        from cnnzoo.data import FileSplit
+
+        path = self.path / SPLITS_FILE
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            base = Path(root if root is not None else record["root"]).expanduser()
+            splits = {}
+            for name, rows in record["splits"].items():
+                splits[name] = FileSplit([base / rel for rel, _ in rows],
+                                         [int(label) for _, label in rows])  # fmt: skip
+            return RecordedSplits(base, [str(c) for c in record["class_names"]],
+                                  int(record["channels"]), splits)  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CnnzooError(f"{path}: unreadable split record ({_one_line(exc)})") from None
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
         self,
@@ -321,6 +378,99 @@ class RunDir:
         target = target if target.is_absolute() else self.path / target
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+@dataclasses.dataclass
+class RecordedSplits:
+    """An image folder's split as a run recorded it (``splits.json``)."""
+
+    root: Path
+    class_names: list[str]
+    channels: int
+    splits: dict[str, Any]  # "train" / "val" / "test" -> FileSplit
+
+    def bundle(self, image_size: int | None = None, seed: int = 0) -> Any:
+        """The DataBundle of these files, after saying (a DataWarning) how the folder changed
+        since they were recorded; recorded files that are gone are left out."""
+        from cnnzoo.data.folder import DataWarning, folder_bundle, folder_changes, printable_name
+
+        known = {path for split in self.splits.values() for path in split.paths}
+        added, missing = folder_changes(self.root, known)
+        splits = self.splits
+        if added or missing:
+            gone = set(missing)
+            counts = {name: sum(p in gone for p in split.paths) for name, split in splits.items()}
+            lost = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            warnings.warn(
+                f"{printable_name(str(self.root))} changed since the run trained "
+                f"({len(added)} image(s) added, {len(missing)} file(s) missing"
+                + (f": {lost}" if lost else "") + "); using the split the run recorded "
+                f"(test: {len(splits['test']) - counts.get('test', 0)} images)",
+                DataWarning,
+                stacklevel=3,
+            )
+            splits = {name: _without(split, gone) for name, split in splits.items()}
+        return folder_bundle(self.root, self.class_names, splits, channels=self.channels,
+                             image_size=image_size, seed=seed)  # fmt: skip
+
+
+def folder_of(dataset: str) -> Path:
+    """The folder of ``imagefolder:PATH``, as the run's files are found under it now."""
+    return Path(dataset.split(":", 1)[1]).expanduser().resolve()
+
+
+def _same_folder(spec: str, own: str) -> bool:
+    """Whether ``spec`` names the image folder ``own`` does, however it is written."""
+    both = spec.startswith("imagefolder:") and own.startswith("imagefolder:")
+    return both and folder_of(spec) == folder_of(own)
+
+
+def _without(split: Any, gone: set[Path]) -> Any:
+    from cnnzoo.data import FileSplit
+
+    kept = [(path, label) for path, label in zip(split.paths, split.labels, strict=True)
+            if path not in gone]  # fmt: skip
+    return FileSplit([path for path, _ in kept], [label for _, label in kept])
+
+
+def run_data(
+    config: Mapping[str, Any],
+    run_dir: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+) -> Any:
+    """The data a run trained on, split exactly as it was (a DataBundle).
+
+    An image folder's split comes from the run's ``splits.json`` (its folder as the config names
+    it now); other datasets are split again with the run's own settings (``val_split``,
+    ``split``, ``seed``), which reproduce it. ``dataset`` other than the run's own is loaded and
+    split with those settings too.
+    """
+    from cnnzoo.data import load_dataset
+    from cnnzoo.data.splits import split_parts
+
+    own = str(config.get("dataset") or "")
+    spec = dataset or own
+    if spec == "arrays" or (not dataset and own == "arrays"):
+        raise UsageError(
+            "this run trained on arrays given to cnnzoo.fit, which it does not keep: score it in "
+            "Python with cnnzoo.evaluate(RUN, x_test, y_test), or name the data with --dataset "
+            "(a dataset name or imagefolder:PATH)"
+        )
+    if not spec:
+        raise UsageError("name the data with --dataset (a dataset name or imagefolder:PATH)")
+    if run_dir is not None and _same_folder(spec, own):
+        recorded = RunDir(run_dir).read_splits(folder_of(own))
+        if recorded is not None:
+            return recorded.bundle(seed=int(config.get("seed") or 0))
+    return load_dataset(
+        spec,
+        data_dir=data_dir or config.get("data_dir"),
+        val_split=float(config.get("val_split", 0.1)),
+        split=split_parts(config.get("split")) if spec.startswith("imagefolder:") else None,
+        seed=int(config.get("seed") or 0),
+    )
 
 
 def default_run_dir(model: str, dataset: str) -> Path:
@@ -386,17 +536,34 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def resolve_run(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint file) for a run directory or a checkpoint inside one.
 
-    A directory gives its ``best.safetensors``, else its ``last.safetensors``.
+    A finished run gives the weights it ended with, the ones its metrics.json scored and
+    ``fit``'s ``history.model`` holds: the last epoch's, or the best when early stopping
+    restored them (metrics.json's ``weights_file``). A run without that record (unfinished, or
+    written before runs kept it) gives its ``best.safetensors``, else its ``last.safetensors``.
     """
     path = Path(run_or_checkpoint)
     if not path.exists():
         raise CnnzooError(f"{path}: no such run directory or checkpoint file")
     if path.is_dir():
+        recorded = _ended_with(path)
+        if recorded is not None:
+            return path, recorded
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
                 return path, path / name
         raise WeightsError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} in this run directory")
     return path.parent, path
+
+
+def _ended_with(run_dir: Path) -> Path | None:
+    """The weights file a finished run's metrics.json names, when it is there."""
+    try:
+        name = json.loads((run_dir / "metrics.json").read_text()).get("weights_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or Path(name).name != name:
+        return None
+    return run_dir / name if (run_dir / name).is_file() else None
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -499,12 +666,10 @@ def load_run(run_or_checkpoint: str | Path) -> tuple[ZooModel, dict[str, Any]]:
     name = config["model"]
     try:
         config = _fill_run_facts(config, checkpoint)
-        model = create_model(
-            name,
-            num_classes=int(config["num_classes"]),
-            in_chans=int(config["in_chans"]),
-            **_model_kwargs(config),
-        )
+        # A num_classes among the model options (1: a sigmoid head on two classes) wins.
+        model = create_model(name, **{"num_classes": int(config["num_classes"]),
+                                      "in_chans": int(config["in_chans"]),
+                                      **_model_kwargs(config)})  # fmt: skip
     except CnnzooError:
         raise
     except (ValueError, TypeError) as exc:

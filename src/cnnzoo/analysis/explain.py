@@ -39,6 +39,7 @@ from captum.attr import (
 from matplotlib.figure import Figure
 from torch import nn
 
+from cnnzoo.analysis.metrics import class_logits
 from cnnzoo.analysis.receptive_field import Axis, ReceptiveFieldError, receptive_field
 from cnnzoo.errors import UsageError
 
@@ -214,12 +215,16 @@ def attribution_maps(
     if targets.numel() != batch.shape[0]:
         raise ValueError(f"{batch.shape[0]} images but {targets.numel()} targets")
     model.eval()
+
+    def scores(x: torch.Tensor) -> torch.Tensor:  # one per class, also for a sigmoid head
+        return class_logits(model(x))
+
     size = (int(batch.shape[-2]), int(batch.shape[-1]))
     if method in LAYER_METHODS:
         name = resolve_layer(model, layer)
         _check_spatial_layer(model, name, batch, method)
         module = model.get_submodule(name)
-        explainer = (LayerGradCam if method == "gradcam" else LayerGradCamPlusPlus)(model, module)
+        explainer = (LayerGradCam if method == "gradcam" else LayerGradCamPlusPlus)(scores, module)
         coarse = explainer.attribute(batch, target=targets, relu_attributions=True)
         try:
             axes = receptive_field(model, tuple(batch.shape[1:]))[name].field.axes
@@ -232,7 +237,7 @@ def attribution_maps(
     baseline = options.baseline if options.baseline is not None else torch.zeros(())
     baseline = baseline.to(batch.device, batch.dtype).expand_as(batch[0])[None]
     if method == "integrated-gradients":
-        attribution = IntegratedGradients(model).attribute(
+        attribution = IntegratedGradients(scores).attribute(
             batch,
             baselines=baseline,
             target=targets,
@@ -245,7 +250,7 @@ def attribution_maps(
             raise UsageError(f"the occlusion window ({window} px) is larger than the image")
         stride = options.stride or max(1, window // 2)
         channels = batch.shape[1]
-        attribution = Occlusion(model).attribute(
+        attribution = Occlusion(scores).attribute(
             batch,
             sliding_window_shapes=(channels, window, window),
             strides=(channels, stride, stride),

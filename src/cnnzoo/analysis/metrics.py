@@ -18,6 +18,8 @@ from cnnzoo.errors import DataError
 
 __all__ = [
     "EvalResult",
+    "class_logits",
+    "classes_of",
     "evaluate_model",
     "logits_of",
     "per_class_scores",
@@ -81,8 +83,14 @@ class EvalResult:
     def summary_line(self) -> str:
         return (
             f"n={self.n}  loss={self.loss:.4f}  top-1={100 * self.top1:.2f}%  "
-            f"top-{self.topk}={100 * self.top5:.2f}%  macro-F1={100 * self.macro_f1:.2f}%"
+            f"{self.topk_text('=')}macro-F1={100 * self.macro_f1:.2f}%"
         )
+
+    def topk_text(self, sep: str = " ") -> str:
+        """``top-5=93.10%  ``, or nothing where top-k covers every class (100 % by definition)."""
+        if self.topk >= self.num_classes:
+            return ""
+        return f"top-{self.topk}{sep}{100 * self.top5:.2f}%  "
 
     def per_class_rows(self) -> list[tuple[str, float, float, float, int]]:
         return [
@@ -137,6 +145,26 @@ def logits_of(output: Any) -> torch.Tensor:
     return output
 
 
+def class_logits(output: Any) -> torch.Tensor:
+    """The main logits of a model output, one score per class.
+
+    A single logit ``z`` (a sigmoid head on two classes, as Keras' ``Dense(1, "sigmoid")``)
+    becomes ``(-z/2, z/2)``: its softmax is ``(1 - sigmoid(z), sigmoid(z))`` and its
+    cross-entropy is the binary cross-entropy, so every metric, probability and explanation of
+    a two-class model applies unchanged (and the first class has a score that gradients reach).
+    """
+    logits = logits_of(output)
+    if logits.dim() == 2 and logits.shape[1] == 1:
+        half = logits / 2
+        return torch.cat([-half, half], dim=1)
+    return logits
+
+
+def classes_of(outputs: int) -> int:
+    """How many classes a head of ``outputs`` units tells apart (one sigmoid unit: two)."""
+    return 2 if outputs == 1 else outputs
+
+
 def per_class_scores(
     confusion: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,6 +194,7 @@ class _Accumulator:
         self.n = 0
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = class_logits(logits)
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"the model gives logits of shape {tuple(logits.shape)}, "
@@ -209,8 +238,9 @@ def result_from_logits(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Metrics of precomputed logits (N, C) against integer labels (N,)."""
-    acc = _Accumulator(num_classes or int(logits.shape[1]), logits.device)
+    """Metrics of precomputed logits (N, C), or (N, 1) of a sigmoid head, against integer
+    labels (N,)."""
+    acc = _Accumulator(num_classes or classes_of(int(logits.shape[1])), logits.device)
     acc.update(logits, labels)
     return acc.result(class_names)
 

@@ -78,6 +78,7 @@ def iter_predictions(
     keep_images: bool = True,
     folder_labels: Sequence[str | None] | None = None,
     cam: bool = False,
+    images: Sequence[torch.Tensor] | None = None,
 ) -> Iterator[Prediction]:
     """Classify image files a batch at a time, as they are decoded (memory stays bounded).
 
@@ -88,8 +89,11 @@ def iter_predictions(
     :class:`UserWarning`; when none can be read the result is a :class:`DataError`.
     ``keep_images`` stores the image the model saw, as uint8, in each prediction (for plots);
     ``cam`` also its Grad-CAM map for the top class (at the deepest feature stage).
+    ``images``: uint8 (C, H, W) images already decoded (an in-memory dataset's), one per entry
+    of ``paths``, which then only names them.
     """
     from cnnzoo.analysis.explain import gradcam_maps
+    from cnnzoo.analysis.metrics import class_logits
     from cnnzoo.data import read_image
 
     if not paths:
@@ -98,14 +102,18 @@ def iter_predictions(
         raise ValueError(f"topk must be at least 1, got {topk}")
     model, names = loaded.model, loaded.class_names
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    k = min(topk, len(names))
     if folder_labels is None:
         folder_labels = [Path(p).parent.name for p in paths]
     elif len(folder_labels) != len(paths):
         raise ValueError("folder_labels must have one entry per path")
+    if images is not None and len(images) != len(paths):
+        raise ValueError("images must have one entry per path")
 
-    def prepare(path: Path) -> torch.Tensor | None:
+    def prepare(index: int) -> torch.Tensor | None:
+        path = Path(paths[index])
         try:
+            if images is not None:
+                return loaded.preprocess(images[index])
             return loaded.preprocess(read_image(path, loaded.channels))
         except Exception as exc:  # any decoder failure means "skip this file", not "stop"
             reason = _one_line(exc)
@@ -117,23 +125,20 @@ def iter_predictions(
     model.eval()
     produced = 0
     for start in range(0, len(paths), batch_size):
-        images, kept = [], []
-        chunk = slice(start, start + batch_size)
-        for raw_path, folder in zip(paths[chunk], folder_labels[chunk], strict=True):
-            image = prepare(Path(raw_path))
+        prepared, kept = [], []
+        for index in range(start, min(start + batch_size, len(paths))):
+            image = prepare(index)
             if image is not None:
-                images.append(image)
-                kept.append((Path(raw_path), folder))
-        if not images:
+                prepared.append(image)
+                kept.append((Path(paths[index]), folder_labels[index]))
+        if not prepared:
             continue
-        batch = torch.stack(images).to(device)
+        batch = torch.stack(prepared).to(device)
         with torch.inference_mode():
             output = model(batch)
-        while isinstance(output, (tuple, list)):
-            output = output[0]
-        probs = F.softmax(output.float(), dim=1).cpu()
+        probs = F.softmax(class_logits(output).float(), dim=1).cpu()
         shown = loaded.shown(batch) if keep_images else None
-        top_p, top_i = probs.topk(k, dim=1)
+        top_p, top_i = probs.topk(min(topk, probs.shape[1]), dim=1)
         heats = gradcam_maps(model, batch, top_i[:, 0].tolist()).cpu() if cam else None
         for row, (path, folder) in enumerate(kept):
             indices = top_i[row].tolist()
@@ -142,7 +147,7 @@ def iter_predictions(
             yield Prediction(
                 path=path,
                 indices=indices,
-                labels=[names[i] for i in indices],
+                labels=[names[i] if i < len(names) else str(i) for i in indices],
                 probs=top_p[row].tolist(),
                 true_index=true_index,
                 true_label=folder if true_index is not None else None,

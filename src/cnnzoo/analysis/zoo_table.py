@@ -35,7 +35,9 @@ __all__ = [
     "compute_figures",
     "figures_key",
     "model_figures",
+    "read_cache",
     "selection_guide",
+    "write_cache",
     "zoo_rows",
 ]
 
@@ -93,7 +95,8 @@ def compute_figures(name: str) -> ModelFigures:
     )
 
 
-def _read(path: Path) -> dict[str, dict]:
+def read_cache(path: Path) -> dict[str, dict]:
+    """A cache file's table; empty when it is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -101,7 +104,7 @@ def _read(path: Path) -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def _write(path: Path, data: dict[str, dict]) -> None:
+def write_cache(path: Path, data: dict[str, dict]) -> None:
     from cnnzoo.checkpoint import atomic_write_bytes
 
     with contextlib.suppress(OSError):
@@ -114,7 +117,7 @@ def model_figures(
 ) -> dict[str, ModelFigures]:
     """Figures for ``names``, from the cache where its key still matches, computed otherwise."""
     path = cache_file()
-    stored = _read(path)
+    stored = read_cache(path)
     keys = {name: figures_key(name) for name in names}
     figures: dict[str, ModelFigures] = {}
     for name in names:
@@ -130,7 +133,7 @@ def model_figures(
     for name in each_with_bar(missing, "counting", enabled=shown, console=console):
         figures[name] = compute_figures(name)
         stored[name] = {"key": keys[name], "figures": dataclasses.asdict(figures[name])}
-    _write(path, stored)
+    write_cache(path, stored)
     return figures
 
 

@@ -44,14 +44,20 @@ def run_compare(args: argparse.Namespace) -> int:
     recipe.setdefault("dataset", "fashion_mnist")
     rows = compare(items, output_dir=output_dir, **recipe)
 
-    table = Table(title=f"cnnzoo compare ({recipe['dataset']})")
-    for column in ("model", "top-1 %", "top-5 %", "params", "GMACs", "px", "train s", "img/s"):
+    # The data the rows were scored on (finished runs bring their own), and top-5 only where
+    # it says something: with 5 classes or fewer it is 100 % by definition.
+    datasets = list(dict.fromkeys(row.dataset for row in rows))
+    top5 = any(row.num_classes > 5 for row in rows)
+    table = Table(title=f"cnnzoo compare ({', '.join(datasets)})")
+    columns = ("model", "top-1 %", *(("top-5 %",) if top5 else ()), "params", "GMACs", "px",
+               "train s", "img/s")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in sorted(rows, key=lambda r: -r.test_top1):
         table.add_row(
             row.model,
             f"{100 * row.test_top1:.2f}",
-            f"{100 * row.test_top5:.2f}",
+            *((f"{100 * row.test_top5:.2f}",) if top5 else ()),
             f"{row.params:,}",
             f"{row.macs / 1e9:.4f}",
             str(row.image_size),

@@ -9,9 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
@@ -59,7 +61,19 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_source_arguments(predict)
-    predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+")
+    predict.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="*")
+    predict.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        help="instead of files: the images of this split of a run's own data, exactly as the run "
+        "split it (e.g. the notes' 10 held-out test images)",
+    )
+    predict.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="with --split: at most N images, spread evenly over the split (default: all)",
+    )
     predict.add_argument("--topk", type=positive_int, default=5)
     predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument(
@@ -77,7 +91,7 @@ def register(subparsers: Any) -> None:
     predict.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
     )
-    predict.set_defaults(run=run_predict)
+    predict.set_defaults(run=run_predict, more_positionals="inputs")
 
 
 def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceModel:
@@ -112,8 +126,9 @@ def evaluate_source(
     fast: bool = False,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Score a loaded model on ``split`` of ``dataset`` (default: its run's or weights' own)."""
-    from cnnzoo.data import load_dataset, make_loader
+    from cnnzoo.data import make_loader
     from cnnzoo.data.datasets import canonical_name
+    from cnnzoo.rundir import run_data
 
     config = loaded.config
     spec = dataset or config.get("dataset")
@@ -121,13 +136,8 @@ def evaluate_source(
         spec = _weights_dataset(loaded)
     if not spec:
         raise UsageError(f"{loaded.description}: name the data to evaluate on with --dataset")
-    # The run's own data settings, so that "val" is the very images it held out.
-    bundle = load_dataset(
-        spec,
-        data_dir=data_dir or config.get("data_dir"),
-        val_split=float(config.get("val_split", 0.1)),
-        seed=int(config.get("seed", 0)),
-    )
+    # The run's own split, so that "test" and "val" are the very images it held out.
+    bundle = run_data(config, loaded.run_dir, dataset=spec, data_dir=data_dir)
     if bundle.num_classes != loaded.num_classes:
         raise CnnzooError(
             f"{spec} has {bundle.num_classes} classes but {loaded.description} predicts "
@@ -225,24 +235,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- predict
 
 
-def predictions_table(predictions: list[Prediction], topk: int) -> Table:
-    table = Table()
-    table.add_column("image", overflow="fold")
+# The image column keeps at least this many characters (it folds long paths).
+IMAGE_COLUMN_MIN = 16
+
+
+def predictions_table(predictions: list[Prediction], topk: int, width: int = 80) -> Table:
+    """One row per image with a column per rank, or, where those columns would not fit in
+    ``width`` characters with every class name whole, one row per rank (class names are never
+    cut or wrapped)."""
     show_true = any(p.true_label is not None for p in predictions)
+    k = min(topk, max(len(p.indices) for p in predictions))
+    longest = max(len(label) for p in predictions for label in [*p.labels, p.true_label or ""])
+    cell = longest + len(" 0.000")
+    wide = IMAGE_COLUMN_MIN + show_true * (longest + 2) + k * cell + 3 * (1 + show_true + k) + 1
+    table = Table()
+    table.add_column("image", overflow="fold", min_width=min(IMAGE_COLUMN_MIN, width // 4))
     if show_true:
-        table.add_column("true")
-    k = max(len(p.indices) for p in predictions)
-    for rank in range(min(topk, k)):
-        table.add_column(f"top-{rank + 1}" if rank else "prediction")
+        table.add_column("true", no_wrap=True)
+    if wide <= width:
+        for rank in range(k):
+            table.add_column(f"top-{rank + 1}" if rank else "prediction", no_wrap=True)
+    else:
+        table.add_column("rank", justify="right", no_wrap=True)
+        table.add_column("class", no_wrap=True)
+        table.add_column("p", justify="right", no_wrap=True)
     for p in predictions:
         cells = [escape(str(p.path))]
         if show_true:
             mark = "" if p.true_label is None else (" ✓" if p.correct else " ✗")
             cells.append(escape(p.true_label or "?") + mark)
-        cells.extend(
-            f"{escape(label)} {prob:.3f}" for label, prob in zip(p.labels, p.probs, strict=True)
-        )
-        table.add_row(*cells)
+        ranked = list(zip(p.labels, p.probs, strict=True))[:k]
+        if wide <= width:
+            table.add_row(*cells, *(f"{escape(label)} {prob:.3f}" for label, prob in ranked))
+            continue
+        for rank, (label, prob) in enumerate(ranked):
+            first = cells if rank == 0 else [""] * len(cells)
+            table.add_row(*first, str(rank + 1), escape(label), f"{prob:.3f}",
+                          end_section=rank == len(ranked) - 1)  # fmt: skip
     return table
 
 
@@ -297,15 +326,50 @@ class PredictionPlots:
         return self.written
 
 
+def split_images(
+    loaded: InferenceModel, split: str, limit: int | None
+) -> tuple[list[tuple[Path, str | None]], list[torch.Tensor] | None]:
+    """(image, true class) for the ``split`` of a run's own data, as the run split it, and for
+    an in-memory dataset the decoded images (their "paths" then only name them). ``limit``
+    takes that many, spread evenly over the split."""
+    from cnnzoo.data import FileSplit
+    from cnnzoo.rundir import run_data
+
+    if loaded.run_dir is None:
+        raise UsageError(f"--split reads a run's own data; {loaded.description} is not a run")
+    bundle = run_data(loaded.config, loaded.run_dir)
+    part = bundle.get_split(split)
+    if len(part) == 0:
+        raise UsageError(f"the run's {split} split is empty")
+    count = len(part) if limit is None else min(limit, len(part))
+    picks = np.unique(np.linspace(0, len(part) - 1, count).round().astype(int)).tolist()
+    names = bundle.class_names
+    labels = part.labels if isinstance(part, FileSplit) else part.labels.tolist()
+    truth = [names[int(labels[i])] for i in picks]
+    if isinstance(part, FileSplit):
+        return [(part.paths[i], label) for i, label in zip(picks, truth, strict=True)], None
+    where = Path(bundle.name) / split
+    found = [(where / f"{i:05d}", label) for i, label in zip(picks, truth, strict=True)]
+    return found, [part.images[i] for i in picks]
+
+
 def run_predict(args: argparse.Namespace) -> int:
     if args.cam and not args.plot:
         raise UsageError("--cam draws into the plots: add --plot DIR")
     if args.cam and args.fast:
         raise UsageError("--cam needs the model's gradients: drop --fast")
+    if bool(args.inputs) == bool(args.split):
+        raise UsageError("name image files or folders, or --split SPLIT of a run's data")
+    if args.limit and not args.split:
+        raise UsageError("--limit goes with --split")
     device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
     loaded.model.to(device)
-    found = collect_images(args.inputs)
+    images = None
+    if args.split:
+        found, images = split_images(loaded, args.split, args.limit)
+    else:
+        found = collect_images(args.inputs)
     if args.fast:
         batch = max(1, min(args.batch_size, len(found)))
         example = torch.randn(batch, loaded.channels, *loaded.input_size, device=device)
@@ -324,24 +388,32 @@ def run_predict(args: argparse.Namespace) -> int:
                 keep_images=plots is not None,
                 folder_labels=[label for _, label in found],
                 cam=args.cam,
+                images=images,
             )
-            for index, prediction in enumerate(stream):
-                if plots is not None:
-                    plots.add(index, prediction)
-                prediction.probabilities = torch.empty(0)  # the table needs only the top k
-                predictions.append(prediction)
+            shown = sys.stderr.isatty() and len(found) > args.batch_size
+            with Progress(*Progress.get_default_columns(), console=Console(stderr=True),
+                          transient=True, disable=not shown) as bar:  # fmt: skip
+                task = bar.add_task("predicting", total=len(found))
+                for index, prediction in enumerate(stream):
+                    if plots is not None:
+                        plots.add(index, prediction)
+                    prediction.probabilities = torch.empty(0)  # the table needs only the top k
+                    predictions.append(prediction)
+                    bar.advance(task)
         finally:
             for warning in caught:
                 print(f"cnnzoo predict: warning: {warning.message}", file=sys.stderr)
     console = Console()
-    console.print(f"{loaded.description}", markup=False, style="dim")
-    console.print(predictions_table(predictions, args.topk))
+    source = f" on the {args.split} split of {loaded.config.get('dataset')}" if args.split else ""
+    console.print(f"{loaded.description}{source}", markup=False, style="dim")
+    console.print(predictions_table(predictions, args.topk, console.width))
     judged = [p for p in predictions if p.correct is not None]
     if judged:
         right = sum(bool(p.correct) for p in judged)
+        whose = "with their split's labels" if args.split else "whose folder names a class"
         console.print(
             f"top-1 correct: {right}/{len(judged)} ({100 * right / len(judged):.1f}%) "
-            "of the images whose folder names a class"
+            f"of the images {whose}"
         )
     if plots is not None:
         written = plots.finish()

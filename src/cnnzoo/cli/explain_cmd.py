@@ -143,6 +143,7 @@ def run_explain(args: argparse.Namespace) -> int:
         explanation_figure,
         resolve_layer,
     )
+    from cnnzoo.analysis.metrics import class_logits
     from cnnzoo.analysis.plots import save_figure
 
     model, class_names, preprocess = _load_source(args.source, args.weights)
@@ -165,7 +166,7 @@ def run_explain(args: argparse.Namespace) -> int:
             batch, shown = preprocess(image)
             batch = batch[None].to(device)
             with torch.no_grad():
-                probs = torch.softmax(model(batch).float(), dim=1)[0].cpu()
+                probs = torch.softmax(class_logits(model(batch)).float(), dim=1)[0].cpu()
             index = int(probs.argmax()) if target is None else target
             heat = attribution_maps(model, batch, [index], args.method, layer, options)[0]
             fig = explanation_figure(

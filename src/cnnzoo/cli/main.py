@@ -107,6 +107,20 @@ def _offline(enabled: bool) -> Iterator[None]:
                 os.environ[OFFLINE_ENV] = before
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that a command whose last positional takes any number of values
+    (``set_defaults(more_positionals=DEST)``, e.g. predict's files) also gets those that follow
+    an option: argparse gives an optional ``*`` positional its (empty) share at the first
+    positional and calls later ones unrecognised."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "more_positionals", None)
+    if extra and (dest is None or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, dest, [*getattr(args, dest), *extra])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     showwarning = warnings.showwarning
@@ -119,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # module more than once"), so Ctrl-C is held until the imports are done.
         with defer_sigint():
             parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         command, debug = args.command, args.debug
         _one_line_warnings(command)
         with _offline(args.offline):

@@ -14,6 +14,7 @@ from cnnzoo.errors import UsageError
 from cnnzoo.inference import load_model
 
 NON_TTY_WIDTH = 160  # wide enough that tables piped to a file or `less` are not squeezed
+SORT_KEYS = ("latency", "params", "macs", "top1")
 
 
 def _console(stderr: bool = False) -> Console:
@@ -26,13 +27,44 @@ def _console(stderr: bool = False) -> Console:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "models",
-        help="list the zoo: parameters, multiply-adds, input sizes, ImageNet top-1",
-        description="List registered models. PATTERN is a shell pattern or a substring.",
+        help="list the zoo: parameters, multiply-adds, input sizes, ImageNet top-1; --measure "
+        "times them here",
+        description=(
+            "List registered models. PATTERN is a shell pattern or a substring. --measure times "
+            "each listed model on this machine, eager and through cnnzoo.optimize, keeps the "
+            "figures in the cache beside the multiply-adds (a model is timed again when its "
+            "code, torch, the machine or the settings change) and answers the notes' "
+            "model-selection guide from the measured table."
+        ),
+        epilog=(
+            "examples:\n  cnnzoo models 'resnet*' --sort params\n"
+            "  cnnzoo models mobile --measure --sort latency\n"
+            "  cnnzoo models --measure --batch 8 --input-size 3x160x160"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pattern", nargs="?", default="*", help="e.g. 'resnet*' or 'vgg'")
     p.add_argument("--family", help="only this family (e.g. resnet, vgg, efficientnet)")
     p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar while counting (first run)"
+        "--sort", choices=SORT_KEYS,
+        help="order the rows (latency needs --measure; top1: the best first)",
+    )  # fmt: skip
+    p.add_argument(
+        "--measure", action="store_true",
+        help="time each model here: eager and cnnzoo.optimize'd milliseconds per batch",
+    )  # fmt: skip
+    p.add_argument("--batch", type=positive_int, default=1, help="--measure: images per batch")
+    p.add_argument(
+        "--input-size", help="--measure: CxHxW, HxW or a side (default: each model's own)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "eager", "inductor", "onnxruntime"),
+        default="auto",
+        help="--measure: what cnnzoo.optimize may use (default auto: the fastest it finds)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar while counting or timing"
     )
     p.set_defaults(run=run_models)
 
@@ -88,7 +120,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from cnnzoo.analysis.zoo_table import zoo_rows
+    from cnnzoo.analysis.zoo_table import model_figures
     from cnnzoo.registry import get_entry, list_models
 
     pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
@@ -99,6 +131,51 @@ def run_models(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown family {args.family!r}; families: {', '.join(families)}")
         # The same status and words as `verify` for a pattern that matches nothing.
         raise UsageError(f"no model matches {args.pattern!r}; `cnnzoo models` lists them all")
+
+    if args.sort == "latency" and not args.measure:
+        raise UsageError("--sort latency needs --measure (the timings are made on this machine)")
+    if not args.measure and (args.batch != 1 or args.input_size or args.backend != "auto"):
+        raise UsageError("--batch, --input-size and --backend are settings of --measure")
+    size = parse_input_size(args.input_size, channels=3) if args.input_size else None
+    figures = model_figures(names, progress=not args.no_progress)
+    latencies = None
+    if args.measure:
+        from cnnzoo.analysis.latency import model_latencies
+
+        latencies = model_latencies(
+            names, batch=args.batch, input_size=size, backend=args.backend,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    names = _sorted(names, args.sort, figures, latencies)
+    console = _console()
+    console.print(_models_table(names, figures, latencies, args.batch))
+    if latencies is not None:
+        _print_guide(console, latencies, figures, args.batch)
+    return 0
+
+
+def _sorted(names: list[str], key: str | None, figures: dict, latencies: dict | None) -> list[str]:
+    """``names`` in the order ``--sort`` asks for; what has no value goes last."""
+    from cnnzoo.registry import get_entry
+
+    if key is None:
+        return names
+
+    def value(name: str) -> tuple[bool, float]:
+        if key == "latency":
+            lat = latencies[name]  # type: ignore[index]
+            return (not lat.ok, lat.optimized_ms)
+        if key == "top1":
+            top1 = get_entry(name).imagenet_top1
+            return (top1 is None, -(top1 or 0.0))
+        macs = latencies[name].macs if latencies and latencies[name].ok else figures[name].macs
+        return (False, figures[name].params if key == "params" else macs)
+
+    return sorted(names, key=value)
+
+
+def _models_table(names: list[str], figures: dict, latencies: dict | None, batch: int) -> Table:
+    from cnnzoo.registry import get_entry
 
     table = Table(
         header_style="bold",
@@ -112,18 +189,61 @@ def run_models(args: argparse.Namespace) -> int:
     table.add_column("input", justify="right")
     table.add_column("min", justify="right")
     table.add_column("top-1", justify="right")
-    for row in zoo_rows(names, progress=not args.no_progress):
+    if latencies is not None:
+        per = "ms" if batch == 1 else f"ms/{batch}"
+        table.add_column(f"eager {per}", justify="right")
+        table.add_column(f"optimized {per}", justify="right")
+        table.add_column("backend", no_wrap=True)
+    for name in names:
+        entry = get_entry(name)
+        row = figures[name]
+        macs, side = row.macs, str(row.input_side)
+        timing: list[str] = []
+        if latencies is not None:
+            lat = latencies[name]
+            side = "x".join(map(str, lat.input_size[1:])) if lat.input_size else side
+            if lat.ok:
+                macs = lat.macs
+                timing = [f"{lat.eager_ms:.2f}", f"{lat.optimized_ms:.2f}", lat.backend]
+            else:
+                timing = ["--", "--", lat.error or ""]
         table.add_row(
-            row.name,
-            row.family,
+            name,
+            entry.family,
             f"{row.params / 1e6:.2f} M",
-            f"{row.macs / 1e9:.3f}",
-            str(row.input_side),
+            f"{macs / 1e9:.3f}",
+            side,
             str(row.min_input_size),
-            f"{row.imagenet_top1:.2f}" if row.imagenet_top1 is not None else "--",
+            f"{entry.imagenet_top1:.2f}" if entry.imagenet_top1 is not None else "--",
+            *timing,
         )
-    _console().print(table)
-    return 0
+    return table
+
+
+def _print_guide(console: Console, latencies: dict, figures: dict, batch: int) -> None:
+    """The notes' model-selection guide, answered from the table just printed."""
+    from cnnzoo.analysis.latency import guide_picks
+    from cnnzoo.machine import cpu_model, load_average
+
+    load = load_average()
+    threads = sorted({lat.threads for lat in latencies.values() if lat.ok})
+    console.print(
+        f"timed here: {cpu_model()}, {'/'.join(map(str, threads)) or '?'} torch thread(s)"
+        + (f", load average {load[0]:.1f} now" if load else "")
+        + f", torch {torch.__version__}; batch {batch}; medians of interleaved runs",
+        markup=False,
+    )
+    picks = guide_picks(latencies, {name: figures[name].params for name in latencies})
+    if not picks:
+        console.print("none of these models could be timed at this input size", markup=False)
+        return
+    guide = Table(title="model selection guide, from this table", title_justify="left",
+                  header_style="bold")  # fmt: skip
+    for column in ("need", "model", "why"):
+        guide.add_column(column, no_wrap=column != "why")
+    for pick in picks:
+        guide.add_row(pick.need, pick.model, pick.why)
+    console.print(guide)
 
 
 # --- summary --------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class DataBundle:
     test: Split
     augment: str = "crop"  # what make_loader(augment="auto") uses for this set
     source: str = ""  # where the files were found, for messages
+    # Image folders: (width, height) of a sample of the files, which image_size (the side they
+    # are decoded at) does not tell.
+    file_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_classes(self) -> int:

@@ -351,21 +351,71 @@ def load_image_folder(
     _check_split_sizes(root, train, val, test, val_split if split is None else split)
 
     channels = 1 if scan.modes and scan.modes <= GREY_MODES else 3
+    return folder_bundle(root, [printable_name(c) for c in classes],
+                         {"train": train, "val": val, "test": test}, channels=channels,
+                         image_size=image_size, seed=seed)  # fmt: skip
+
+
+def folder_bundle(
+    root: Path,
+    class_names: list[str],
+    splits: dict[str, FileSplit | None],
+    *,
+    channels: int,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> DataBundle:
+    """The DataBundle of an image folder already split into ``splits`` (train, val, test): a
+    fresh split by :func:`load_image_folder`, or the one a run recorded."""
     size = image_size or DEFAULT_IMAGE_SIZE
+    train, val = splits["train"] or FileSplit([], []), splits.get("val")
     mean, std = _sample_stats(train, channels, size, seed)
     return DataBundle(
         name=f"imagefolder:{root}",
-        class_names=[printable_name(c) for c in classes],
+        class_names=class_names,
         channels=channels,
         image_size=(size, size),
         mean=mean,
         std=std,
         train=train,
         val=val if val is not None and len(val) else None,
-        test=test,
+        test=splits.get("test") or FileSplit([], []),
         augment="rrc",
         source=str(root),
+        file_sizes=_file_sizes(train),
     )
+
+
+def _file_sizes(split: FileSplit, sample: int = STATS_SAMPLE) -> tuple[tuple[int, int], ...]:
+    """(width, height) of up to ``sample`` files spread over the split, read off their headers:
+    what the images are, for messages (the bundle's image_size is the side they are decoded at)."""
+    step = max(1, len(split.paths) // sample)
+    sizes = []
+    for path in split.paths[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                sizes.append((int(img.size[0]), int(img.size[1])))
+        except Exception:  # unreadable now: it says nothing about the others
+            continue
+    return tuple(sizes)
+
+
+def folder_changes(root: Path, known: set[Path]) -> tuple[list[Path], list[Path]]:
+    """(images added to the folder's class folders, files of ``known`` now missing): how an
+    image folder differs from what a run recorded. Only new files are probed, so this costs a
+    directory listing."""
+    root = Path(root)
+    train_dir = root / "train"
+    presplit = train_dir.is_dir() and bool(_class_dirs(train_dir))
+    tops = [train_dir, *(root / n for n in (*_VAL_DIRS, "test"))] if presplit else [root]
+    present: set[Path] = set()
+    for top in tops:
+        if top.is_dir():
+            for class_dir in _class_dirs(top):
+                present.update(_files_under(class_dir))
+    added = sorted(path for path in present - known if _probe(path) is not None)
+    missing = sorted(path for path in known if path not in present)
+    return added, missing
 
 
 def _check_split_sizes(

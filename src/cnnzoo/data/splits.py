@@ -56,6 +56,36 @@ def split_counts(total: int, split: Sequence[float] | Sequence[int]) -> tuple[in
     return train, val, test
 
 
+def split_parts(
+    values: Sequence[float] | str | None,
+) -> tuple[float, ...] | tuple[int, ...] | None:
+    """A (train, val, test) split as the loader takes it: whole numbers summing to more than 1
+    are image counts (400/92/10), anything else fractions (0.8/0.1/0.1). A string such as
+    ``"400/92/10"`` (``/`` or ``,`` between the parts) is read first."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = parse_split(values)
+    if sum(values) > 1 and all(float(v).is_integer() for v in values):
+        return tuple(int(v) for v in values)
+    return tuple(float(v) for v in values)
+
+
+def parse_split(text: str) -> list[float]:
+    """``"400/92/10"`` or ``"0.8,0.1,0.1"`` -> three numbers; a UsageError for anything else."""
+    parts = [part.strip() for part in text.replace(",", "/").split("/")]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise UsageError(
+            f"split must be TRAIN/VAL/TEST, as counts (400/92/10) or fractions (0.8/0.1/0.1); "
+            f"got {text!r}"
+        )
+    return values
+
+
 def partition(
     labels: Sequence[int] | np.ndarray, counts: tuple[int, int, int], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -88,8 +88,8 @@ class AlexNet(ZooModel):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
+        # The classifier runs as one module, so that hooks (summary, profilers) see it whole.
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
 
 
 def torchvision_features(in_chans: int) -> nn.Sequential:

@@ -321,10 +321,8 @@ class MobileNetV3(ZooModel):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
-        x = self.classifier[1](self.classifier[0](x))
-        if pre_logits:
-            return x
-        return self.classifier[3](self.classifier[2](x))
+        # The classifier runs as one module, so that hooks (summary, profilers) see it whole.
+        return self.classifier[:2](x) if pre_logits else self.classifier(x)
 
 
 @register_model(

@@ -149,8 +149,8 @@ class VGG(ZooModel):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)
+        # The classifier runs as one module, so that hooks (summary, profilers) see it whole.
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
 
 
 def _vgg(config: str, batch_norm: bool, num_classes: int, in_chans: int, **kwargs: Any) -> VGG:

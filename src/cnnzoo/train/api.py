@@ -14,8 +14,10 @@ predict prepare new images the same way.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,8 @@ def _remember_input(model: nn.Module, trainer: Any) -> None:
         input_size=(trainer.bundle.channels, side, side),
         class_names=list(trainer.bundle.class_names),
         resize=trainer.image_size,
+        dataset=trainer.bundle.name,
+        run_dir=str(trainer.run.path),  # where its data split is recorded
     )  # fmt: skip
     model.default_cfg = cfg  # type: ignore[assignment]
 
@@ -113,9 +117,17 @@ def _remember_input(model: nn.Module, trainer: Any) -> None:
 
 
 def _prepare(model: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """(module in eval mode, its input facts) for a module or a run directory."""
+    """(module in eval mode, its input facts) for a module or a run directory. A module that
+    ``fit`` did not train but that carries weights by name (``pretrained_cfg``) is fed as its
+    weights expect."""
     if isinstance(model, nn.Module):
-        return model.eval(), dict(getattr(model, "default_cfg", None) or {})
+        facts = dict(getattr(model, "default_cfg", None) or {})
+        pretrained = getattr(model, "pretrained_cfg", None) or {}
+        if "class_names" not in facts and pretrained.get("mean") and pretrained.get("std"):
+            channels = pretrained.get("in_chans") or facts["input_size"][0]
+            facts.update(mean=pretrained["mean"], std=pretrained["std"],
+                         resize=pretrained.get("crop_size"), input_size=(channels,))  # fmt: skip
+        return model.eval(), facts
     from cnnzoo.rundir import load_run
 
     module, config = load_run(model)
@@ -180,12 +192,22 @@ def _arrays(x: Any, y: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate(model: Any, x: Any, y: Any = None, *, batch_size: int = 256) -> dict[str, float]:
     """Loss and accuracy of ``model`` (a module or a run directory) on ``x``/``y``, with the
-    input preparation it was trained with: ``{"loss", "accuracy", "top5_accuracy"}``."""
-    from cnnzoo.analysis.metrics import evaluate_model
+    input preparation it was trained with: ``{"loss", "accuracy", "top5_accuracy"}``.
 
+    A module is scored with the weights it holds: after ``fit``, the weights the run ended with
+    (the last epoch's, or the best when early stopping restored them), which a run directory
+    also gives (see :func:`cnnzoo.rundir.resolve_run`) and ``history.metrics`` scored.
+
+    ``x`` a dataset by name scores its test split as ``cnnzoo evaluate`` does: an image folder
+    the model's run trained on is split as the run recorded it (``splits.json``)."""
+    from cnnzoo.analysis.metrics import classes_of, evaluate_model
+
+    if isinstance(x, str):
+        return _evaluate_dataset(model, x, batch_size)
     module, facts = _prepare(model)
     images, labels = _arrays(x, y, "x")
-    num_classes = int(getattr(module, "num_classes", 0) or int(labels.max()) + 1)
+    units = getattr(module, "num_classes", 0)
+    num_classes = classes_of(int(units)) if units else int(labels.max()) + 1
     result = evaluate_model(module, _loader(module, facts, images, labels, batch_size),
                             num_classes, progress=sys.stderr.isatty())  # fmt: skip
     return {"loss": result.loss, "accuracy": result.top1, "top5_accuracy": result.top5}
@@ -194,11 +216,88 @@ def evaluate(model: Any, x: Any, y: Any = None, *, batch_size: int = 256) -> dic
 @torch.inference_mode()
 def predict(model: Any, x: Any, *, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, classes) for the images ``x``, as Keras' ``predict`` returns for
-    a softmax classifier; ``argmax(1)`` gives the classes."""
-    from cnnzoo.analysis.metrics import logits_of
+    a softmax classifier; ``argmax(1)`` gives the classes. A one-unit (sigmoid) head gives
+    (N, 1), the probability of the second class, as Keras' ``Dense(1, "sigmoid")`` does.
 
+    ``x`` may also be image files: a path, a folder (its images in sorted order, as `cnnzoo
+    predict` lists them) or a list of paths, each prepared as the model's own inputs are (the
+    input ``fit`` recorded, a run's evaluation transform, or the weights' own transforms).
+    ``imagefolder:PATH`` gives its test images, split as the model's run recorded them.
+    """
+    from cnnzoo.analysis.metrics import class_logits
+
+    if isinstance(x, str) and x.startswith("imagefolder:"):  # its test split, as the run split it
+        loaded = _loaded(model)
+        return _predict_files(loaded, list(_run_data(loaded, x).test.paths), batch_size)
+    files = _image_files(x)
+    if files is not None:
+        return _predict_files(_loaded(model), files, batch_size)
     module, facts = _prepare(model)
     images, labels = _arrays(x, None, "x")
-    rows = [torch.softmax(logits_of(module(batch)).float(), dim=1).cpu()
+    rows = [torch.softmax(class_logits(module(batch)).float(), dim=1).cpu()
             for batch, _ in _loader(module, facts, images, labels, batch_size)]  # fmt: skip
-    return torch.cat(rows).numpy()
+    probabilities = torch.cat(rows)
+    return _keras_columns(module, probabilities).numpy()
+
+
+def _loaded(model: Any) -> Any:
+    """The InferenceModel of a module or a run directory (or checkpoint)."""
+    from cnnzoo.inference import from_module, load_model
+
+    return from_module(model) if isinstance(model, nn.Module) else load_model(model)
+
+
+def _run_data(loaded: Any, spec: str) -> Any:
+    """The dataset ``spec``, split as the model's run split it (an image folder's recorded
+    split; see :func:`cnnzoo.rundir.run_data`)."""
+    from cnnzoo.rundir import run_data
+
+    return run_data(loaded.config, loaded.run_dir, dataset=spec)
+
+
+def _evaluate_dataset(model: Any, spec: str, batch_size: int) -> dict[str, float]:
+    """The test split of a dataset by name, scored as ``cnnzoo evaluate`` scores it."""
+    from cnnzoo.cli.eval_cmd import evaluate_source
+
+    loaded = _loaded(model)
+    device = next((p.device for p in loaded.model.parameters()), torch.device("cpu"))
+    result, _ = evaluate_source(loaded, dataset=spec, batch_size=batch_size, device=device,
+                                progress=sys.stderr.isatty())  # fmt: skip
+    return {"loss": result.loss, "accuracy": result.top1, "top5_accuracy": result.top5}
+
+
+def _keras_columns(module: Any, probabilities: torch.Tensor) -> torch.Tensor:
+    """A sigmoid head's one column (the second class's probability); others as they are."""
+    return probabilities[:, 1:] if getattr(module, "num_classes", None) == 1 else probabilities
+
+
+def _image_files(x: Any) -> list[Path] | None:
+    """The image files or folders ``x`` names, or None when ``x`` is data or a dataset name."""
+    from cnnzoo.data.folder import IMAGE_EXTENSIONS
+
+    items = x if isinstance(x, (list, tuple)) else [x]
+    if not items or not all(isinstance(i, (str, os.PathLike)) for i in items):
+        return None
+    paths = [Path(i).expanduser() for i in items]
+    if len(paths) == 1 and isinstance(x, str) and not paths[0].exists():
+        named = x.lower().endswith(tuple(IMAGE_EXTENSIONS)) or "/" in x or os.sep in x
+        if not named:
+            return None  # a dataset name
+    return paths
+
+
+def _predict_files(loaded: Any, paths: list[Path], batch_size: int) -> np.ndarray:
+    import warnings
+
+    from cnnzoo.analysis.predict import collect_images, iter_predictions
+    from cnnzoo.errors import DataError
+
+    found = [path for path, _ in collect_images(paths)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = [p.probabilities for p in iter_predictions(
+            loaded, found, topk=1, batch_size=batch_size, keep_images=False)]  # fmt: skip
+    if len(rows) != len(found):  # a row per file, or the rows would not say which is which
+        reason = next((str(w.message) for w in caught), "unreadable images")
+        raise DataError(f"cannot predict every image: {reason}")
+    return _keras_columns(loaded.model, torch.stack(rows)).numpy()

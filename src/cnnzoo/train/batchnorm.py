@@ -30,12 +30,18 @@ def recompute_statistics(
     batches: Iterable[Any],
     limit: int,
     dist: DistInfo | None = None,
+    keep: Iterable[str] = (),
 ) -> int:
     """Replace every batch norm's running statistics by their average over up to ``limit``
     batches, as the network is now; the number of batches used. Only the norm layers run in
     training mode, so dropout draws no random numbers. Under DDP (``dist``) each rank's
-    statistics are then averaged over the ranks, so that every rank evaluates alike."""
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    statistics are then averaged over the ranks, so that every rank evaluates alike. The norm
+    layers named in ``keep`` (frozen ones) keep their statistics."""
+    kept = set(keep)
+    norms = [
+        m for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.track_running_stats and name not in kept
+    ]  # fmt: skip
     if not norms or limit <= 0:
         return 0
     was_training = model.training

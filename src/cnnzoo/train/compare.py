@@ -18,6 +18,8 @@ from cnnzoo.registry import list_models, unknown_model_message
 class CompareRow:
     model: str
     run_dir: str
+    dataset: str
+    num_classes: int
     test_top1: float
     test_top5: float
     params: int
@@ -62,6 +64,8 @@ def row_from_run(run_dir: str | Path) -> CompareRow:
     return CompareRow(
         model=str(metrics.get("model") or config.get("model")),
         run_dir=str(run_dir),
+        dataset=str(metrics.get("dataset") or config.get("dataset")),
+        num_classes=int(config["num_classes"]),
         test_top1=float(metrics["test_top1"]),
         test_top5=float(metrics["test_top5"]),
         params=int(metrics.get("params") or sum(p.numel() for p in model.parameters())),

@@ -338,13 +338,10 @@ class TrainConfig:
                 )
 
     def split_parts(self) -> tuple[float, ...] | tuple[int, ...] | None:
-        """``split`` for the loader: whole numbers summing to more than 1 are image counts
-        (400/92/10), anything else fractions (0.8/0.1/0.1)."""
-        if self.split is None:
-            return None
-        if sum(self.split) > 1 and all(float(v).is_integer() for v in self.split):
-            return tuple(int(v) for v in self.split)
-        return tuple(float(v) for v in self.split)
+        """``split`` for the loader (see :func:`cnnzoo.data.splits.split_parts`)."""
+        from cnnzoo.data.splits import split_parts
+
+        return split_parts(self.split)
 
     def callbacks(self, validation: bool = True) -> list[Any]:
         """The callbacks these fields ask for, in the order they run at each epoch's end: the
@@ -481,7 +478,15 @@ def _describe(hint: Any) -> str:
 
 
 def _check_value(source: str, name: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to the field's type (int -> float, list -> tuple), or a UsageError."""
+    """``value`` converted to the field's type (int -> float, list -> tuple), or a UsageError.
+    ``split`` is also taken as the command line writes it: ``"400/92/10"``."""
+    if name == "split" and isinstance(value, str):
+        from cnnzoo.data.splits import parse_split
+
+        try:
+            value = parse_split(value)
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}") from None
     converted = _convert(value, hint)
     if converted is _BAD:
         try:

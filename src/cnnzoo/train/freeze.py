@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["freeze_backbone_norms", "is_head", "set_backbone_frozen"]
+__all__ = ["freeze_backbone_norms", "frozen_norm_names", "is_head", "set_backbone_frozen"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -31,3 +31,15 @@ def freeze_backbone_norms(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if name and not is_head(model, name) and isinstance(module, _NORMS):
             module.eval()
+
+
+def frozen_norm_names(model: nn.Module) -> list[str]:
+    """Norm layers whose parameters are all frozen (``requires_grad=False``, set by the user or
+    by --freeze): they keep the running statistics they came with, in eval mode, as Keras'
+    ``trainable = False`` does."""
+    names = []
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, _NORMS) and params and not any(p.requires_grad for p in params):
+            names.append(name)
+    return names

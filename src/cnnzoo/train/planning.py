@@ -12,6 +12,7 @@ from cnnzoo.errors import UsageError
 __all__ = [
     "SMALL_INPUT_SIDE",
     "build_model",
+    "check_head",
     "imagenet_stats",
     "make_loaders",
     "plan_input",
@@ -31,10 +32,14 @@ def imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]
     return fit_channel_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
 
 
-def input_statistics(cfg: Any, bundle: Any, spec: Any) -> tuple[tuple, tuple, Any]:
+def input_statistics(
+    cfg: Any, bundle: Any, spec: Any, given_model: Any = None, log: Any = None
+) -> tuple[tuple, tuple, Any]:
     """(mean, std, config) for a run's inputs. Pretrained weights expect the statistics they
     were trained with: a named weight's own (``spec``, whose model options join the config's),
-    ImageNet's for a weights file; otherwise the data's own."""
+    ImageNet's for a weights file, the ``pretrained_cfg``'s of a module given ready-made with
+    its weights (``create_model(..., weights=...)``, as the CLI's --weights); otherwise the
+    data's own. What a given module brings is said in ``log``."""
     from dataclasses import replace
 
     from cnnzoo.registry import fit_channel_stats
@@ -44,7 +49,21 @@ def input_statistics(cfg: Any, bundle: Any, spec: Any) -> tuple[tuple, tuple, An
         return mean, std, replace(cfg, model_kwargs={**spec.model_kwargs, **cfg.model_kwargs})
     if cfg.weights:
         return (*imagenet_stats(bundle.channels), cfg)
+    pretrained = getattr(given_model, "pretrained_cfg", None) or {}
+    if pretrained.get("mean") and pretrained.get("std"):
+        mean, std = fit_channel_stats(pretrained["mean"], pretrained["std"], bundle.channels)
+        if log is not None:
+            log(f"weights: the model carries {pretrained.get('source', '')} weights "
+                f"{pretrained.get('weights')} ({pretrained.get('dataset')}); inputs normalised "
+                f"with the statistics of its {pretrained.get('weights')} weights, as "
+                "`cnnzoo train --weights` does (the data's own would be "
+                f"{_rounded(bundle.mean)} / {_rounded(bundle.std)})")  # fmt: skip
+        return mean, std, cfg
     return bundle.mean, bundle.std, cfg
+
+
+def _rounded(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.3f}" for v in values) + ")"
 
 
 def load_initial_weights(
@@ -60,11 +79,19 @@ def load_initial_weights(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if spec is not None:
-            load_pretrained(model, spec, progress=progress)
+            report = load_pretrained(model, spec, progress=progress)
         else:
-            load_weights(model, weights)
+            report = load_weights(model, weights)
     for warning in caught:
+        if report.fresh_classifier and "classifier in the file does not fit" in str(warning):
+            continue  # said below, as what it is: the new head transfer learning wants
         log(f"weights: {warning.message}")
+    if report.fresh_classifier:
+        theirs = f"{spec.num_classes}-class " if spec is not None else ""
+        units = getattr(model, "num_classes", None)
+        log(f"weights: a new head for the data's classes ({units} output"
+            f"{'' if units == 1 else 's'}) takes the place of the file's {theirs}classifier, as "
+            "transfer learning intends; it trains from a fresh initialisation")  # fmt: skip
     if spec is not None:
         what, stats = f"{spec.source} weights {spec.name} ({spec.dataset})", "their own statistics"
     else:
@@ -85,7 +112,9 @@ def _build_on_meta(name: str, num_classes: int, channels: int, kwargs: dict[str,
 
     try:
         with torch.device("meta"):
-            return create_model(name, num_classes=num_classes, in_chans=channels, **kwargs)
+            # A num_classes in kwargs (--model-arg num_classes=1: a sigmoid head) wins.
+            return create_model(name, **{"num_classes": num_classes, "in_chans": channels,
+                                         **kwargs})  # fmt: skip
     except TypeError as exc:  # an option the builder does not take (--model-arg)
         raise UsageError(f"{name}: {exc}") from None
 
@@ -98,8 +127,12 @@ def plan_input(
     model_kwargs: dict[str, Any],
     image_size: int | None = None,
     small_input: bool = True,
+    files: str | None = None,
 ) -> tuple[dict[str, Any], int | None, str]:
     """Decide how ``model_name`` meets images of ``image_hw``: (model kwargs, resize side, note).
+
+    ``files`` says what the images are when they are files decoded at ``image_hw`` (an image
+    folder): the note then speaks of decoding them, not of resizing batches.
 
     Images up to :data:`SMALL_INPUT_SIDE` get ``small_input=True`` where the model supports it,
     the option was not given and ``small_input`` allows it (starting from weights made for the
@@ -109,7 +142,7 @@ def plan_input(
     below 299 px) is left out. The plan is made on the meta device, so nothing is allocated.
     """
     kwargs, side, note = _plan_size(model_name, num_classes, channels, image_hw, model_kwargs,
-                                    image_size, small_input)  # fmt: skip
+                                    image_size, small_input, files)  # fmt: skip
     model = _build_on_meta(model_name, num_classes, channels, kwargs)
     least = getattr(model, "aux_min_input_size", 0)
     auxiliary = getattr(model, "aux_logits", False) and "aux_logits" not in kwargs
@@ -127,8 +160,17 @@ def _plan_size(
     model_kwargs: dict[str, Any],
     image_size: int | None = None,
     small_input: bool = True,
+    files: str | None = None,
 ) -> tuple[dict[str, Any], int | None, str]:
     height, width = image_hw
+
+    def resizing(side: int) -> str:
+        if files is not None:
+            return f"{files} decoded at {side}x{side}"
+        return f"resizing batches from {height}x{width} to {side}x{side}"
+
+    stored = f"{height}x{width} images" if files is None else (
+        f"{files} decoded at {height}x{width} (the image-folder default)")  # fmt: skip
     model = _build_on_meta(model_name, num_classes, channels, model_kwargs)
     side = image_size or max(height, width)
     if (
@@ -141,8 +183,8 @@ def _plan_size(
         small = _build_on_meta(model_name, num_classes, channels, small_kwargs)
         resize = image_size or _resize_for(small, channels, height, width)
         if resize is None or _accepts(small, channels, resize, resize):
-            note = f"{model_name} built with small_input=True for {height}x{width} images"
-            resized = f", resized to {resize}x{resize}" if resize else ""
+            note = f"{model_name} built with small_input=True for {stored}"
+            resized = f"; {resizing(resize)}" if resize else ""
             return small_kwargs, resize, note + resized
     if image_size is not None:
         if not _accepts(model, channels, image_size, image_size):
@@ -152,21 +194,22 @@ def _plan_size(
                 + (f", exactly {model.fixed_input_size}" if model.fixed_input_size else "")
                 + ")"
             )
-        return model_kwargs, image_size, f"resizing batches to {image_size}x{image_size}"
+        asked = (f"{files} decoded at {image_size}x{image_size}" if files is not None
+                 else f"resizing batches to {image_size}x{image_size}")  # fmt: skip
+        return model_kwargs, image_size, asked
     resize = _resize_for(model, channels, height, width)
     if resize is None:
-        return model_kwargs, None, f"{height}x{width} images fit {model_name} as they are"
+        return model_kwargs, None, f"{stored} fit {model_name} as they are"
     if _accepts(model, channels, height, width):
         return model_kwargs, resize, (
-            f"{height}x{width} images would leave {model_name} a last feature map under 2x2; "
-            f"resizing batches to {resize}x{resize}"
+            f"{stored} would leave {model_name} a last feature map under 2x2; "
+            f"{resizing(resize)}"
         )
     return (
         model_kwargs,
         resize,
         f"{model_name} needs {'exactly' if model.fixed_input_size else 'at least'} "
-        f"{model.fixed_input_size or model.min_input_size} px; resizing batches from "
-        f"{height}x{width} to {resize}x{resize}",
+        f"{model.fixed_input_size or model.min_input_size} px; {resizing(resize)}",
     )
 
 
@@ -201,27 +244,85 @@ def plan_run(
     """:func:`plan_input` for a run's config and data; a model given ready-made is fed the
     images as they are (or at ``config.image_size``)."""
     if given_model is not None:
+        units = head_units(given_model)
+        check_head(units, bundle, "the model", exact=False)
+        kwargs = dict(config.model_kwargs)
+        if isinstance(units, int) and units != bundle.num_classes:
+            kwargs["num_classes"] = units  # recorded, so that the run rebuilds this head
         side = config.image_size
         height, width = bundle.image_size
         if side is None and hasattr(given_model, "check_input"):
             if not _accepts(given_model, bundle.channels, height, width):
                 side = _least_side(given_model)
-        note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
-        return dict(config.model_kwargs), side, note
+        if bundle.in_memory:
+            note = f"resizing batches to {side}x{side}" if side else "images fed as they are"
+        else:
+            note = f"{describe_files(bundle)} decoded at {side or height}x{side or width}"
+        return kwargs, side, note
     from cnnzoo.registry import list_models, unknown_model_message
 
     if config.model not in list_models():
         raise UsageError(unknown_model_message(config.model or ""))
+    if "num_classes" in config.model_kwargs:
+        check_head(config.model_kwargs["num_classes"], bundle,
+                   f"--model-arg num_classes={config.model_kwargs['num_classes']}")  # fmt: skip
     return plan_input(config.model, bundle.num_classes, bundle.channels, bundle.image_size,
                       dict(config.model_kwargs), config.image_size,
-                      small_input=not config.weights)  # fmt: skip
+                      small_input=not config.weights,
+                      files=None if bundle.in_memory else describe_files(bundle))  # fmt: skip
+
+
+def head_units(model: Any) -> Any:
+    """The outputs of ``model``'s classifier. A zoo model whose classifier the user replaced
+    (``m.fc = nn.Linear(m.fc.in_features, 2)``, the notes' transfer recipe) is told its new
+    ``num_classes``, as timm's ``reset_classifier`` keeps it in step, so that the run records
+    and rebuilds the head it trained."""
+    units = getattr(model, "num_classes", None)
+    try:
+        head = model.get_classifier()
+    except (AttributeError, TypeError):  # not a zoo model, or its classifier moved
+        return units
+    outputs = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    if isinstance(outputs, int) and outputs != units:
+        model.num_classes = outputs
+        return outputs
+    return units
+
+
+def describe_files(bundle: Any) -> str:
+    """What an image folder's files are, from a sample of their sizes: "image files of
+    128x128 px", "image files from 96x120 to 480x640 px"."""
+    sizes = [(height, width) for width, height in getattr(bundle, "file_sizes", ())]
+    if not sizes:
+        return "image files"
+    if len(set(sizes)) == 1:
+        return f"image files of {sizes[0][0]}x{sizes[0][1]} px"
+    least = min(sizes, key=lambda hw: hw[0] * hw[1])
+    most = max(sizes, key=lambda hw: hw[0] * hw[1])
+    return f"image files from {least[0]}x{least[1]} to {most[0]}x{most[1]} px"
+
+
+def check_head(units: Any, bundle: Any, what: str, exact: bool = True) -> None:
+    """A classifier of ``units`` outputs must fit the data's classes: one each, or one sigmoid
+    unit for two classes (``exact=False``: more outputs than classes are allowed, unused)."""
+    classes = bundle.num_classes
+    if not isinstance(units, int) or units == classes or (units > classes and not exact):
+        return
+    if units == 1:
+        if classes == 2:
+            return
+        raise UsageError(f"{what}: one output unit (a sigmoid head) needs two classes; "
+                         f"{bundle.name} has {classes}: give num_classes={classes}")  # fmt: skip
+    raise UsageError(f"{what}: {bundle.name} has {classes} classes; give num_classes={classes}"
+                     + (", or 1 for a sigmoid head" if classes == 2 else ""))
 
 
 def build_model(name: str, bundle: Any, kwargs: dict[str, Any]) -> Any:
     """The zoo model ``name`` for ``bundle``'s classes and channels."""
     from cnnzoo.registry import create_model
 
-    return create_model(name, num_classes=bundle.num_classes, in_chans=bundle.channels, **kwargs)
+    return create_model(name, **{"num_classes": bundle.num_classes, "in_chans": bundle.channels,
+                                 **kwargs})  # fmt: skip
 
 
 def make_loaders(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cnnzoo.train.callbacks import ModelCheckpoint
+from cnnzoo.train.callbacks import ModelCheckpoint, TensorBoard
 from cnnzoo.train.defaults import TABLE_FIELDS
 
 if TYPE_CHECKING:
@@ -41,10 +41,13 @@ def start_lines(trainer: Trainer) -> list[str]:
     cfg, bundle, dist = trainer.config, trainer.bundle, trainer.dist
     val = len(bundle.val) if bundle.val is not None else 0
     amp = str(trainer.amp_dtype).removeprefix("torch.")
+    sigmoid = getattr(trainer.model, "num_classes", None) == 1
     lines = [
         f"{cfg.model} ({trainer.num_params:,} params) on {bundle.name}: "
         f"{len(bundle.train):,} train / {val:,} val / {len(bundle.test):,} test, "
-        f"{bundle.num_classes} classes; device {trainer.device}"
+        f"{bundle.num_classes} classes"
+        + (" (one sigmoid unit, binary cross-entropy)" if sigmoid else "")
+        + f"; device {trainer.device}"
         + (f" x {dist.world_size} processes" if dist.enabled else "")
         + (f", amp {amp}" if trainer.amp_dtype else "")
         + f", {trainer.threads} thread{'s' if trainer.threads > 1 else ''}",
@@ -87,7 +90,7 @@ def score_test(trainer: Trainer) -> dict[str, Any]:
     metrics = _metrics(trainer, result)
     trainer.log(
         f"test: loss {result.loss:.4f}  top-1 {100 * result.top1:.2f}%  "
-        f"top-{result.topk} {100 * result.top5:.2f}%  ({trainer.final_weights} weights, "
+        f"{result.topk_text()}({trainer.final_weights} weights, "
         f"{metrics['train_seconds']:.1f}s training) -> {trainer.run}"
     )
     trainer.callbacks.call("on_test_end", {"test_loss": result.loss, "test_accuracy": result.top1})
@@ -106,8 +109,11 @@ def end_lines(trainer: Trainer) -> list[str]:
     written = ["metrics.json", "history.csv", "config.json", "train.log"]
     written += ["history.png", "confusion_matrix.png"] if trainer.config.plots else []
     lines = [f"wrote {', '.join(written)}, best/last checkpoints in {trainer.run}/"]
-    if trainer.config.tensorboard:
-        lines.append(f"curves: tensorboard --logdir {trainer.run}")
+    # Where the event files are: the run, or the log_dir of a TensorBoard the user passed.
+    boards = [str(cb.log_dir if cb.log_dir is not None else trainer.run)
+              for cb in trainer.callbacks.find(TensorBoard)]  # fmt: skip
+    for log_dir in dict.fromkeys(boards):
+        lines.append(f"curves: tensorboard --logdir {log_dir}")
     return lines
 
 
@@ -129,6 +135,7 @@ def _metrics(trainer: Trainer, result: Any) -> dict[str, Any]:
         monitor=best.monitor.name if best else None,
         best_value=best.best if best else None,
         final_weights=trainer.final_weights,
+        weights_file=getattr(trainer, "weights_file", None),
         stopped_early=trainer.stop_training,
         image_size=trainer.facts["image_size"],
         input=trainer.input_note,

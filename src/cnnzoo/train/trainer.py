@@ -19,19 +19,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzoo.analysis.metrics import class_logits
 from cnnzoo.errors import CnnzooError, DataError
 from cnnzoo.pretrained import resolve_weights
 from cnnzoo.progress import RunLog
-from cnnzoo.rundir import RunDir, data_facts, default_run_dir, resumed_config, weights_metadata
+from cnnzoo.rundir import (
+    FINAL_WEIGHTS,
+    RunDir,
+    data_facts,
+    default_run_dir,
+    folder_of,
+    resumed_config,
+    weights_metadata,
+)
 from cnnzoo.signals import defer_sigint
 from cnnzoo.train import report, rng
 from cnnzoo.train.batchnorm import recompute_statistics
-from cnnzoo.train.callbacks import Callback, CallbackList, ModelCheckpoint, with_defaults
+from cnnzoo.train.callbacks import (
+    Callback,
+    CallbackList,
+    ModelCheckpoint,
+    as_callback,
+    with_defaults,
+)
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
-from cnnzoo.train.freeze import freeze_backbone_norms, set_backbone_frozen
+from cnnzoo.train.freeze import freeze_backbone_norms, frozen_norm_names, set_backbone_frozen
 from cnnzoo.train.hardware import TorchSettings, amp_dtype, default_threads, resolve_device
 from cnnzoo.train.history import History, epoch_logs
+from cnnzoo.train.losses import ClassificationLoss
 from cnnzoo.train.mixing import mix_batch
 from cnnzoo.train.optim import LRSchedule, ModelEma, build_optimizer
 from cnnzoo.train.planning import (
@@ -73,7 +89,7 @@ class Trainer:
         self.config = config.resolved(data)
         self.config.validate()
         self.data, self.given_model = data, model
-        self.user_callbacks = list(callbacks or [])
+        self.user_callbacks = [as_callback(callback) for callback in callbacks or []]
         self.dist, self.log = DistInfo(), RunLog(enabled=True)
         self.model: nn.Module | None = None
         self.history: list[dict[str, Any]] = []
@@ -119,13 +135,20 @@ class Trainer:
         from cnnzoo.data import load_dataset
 
         cfg = self.config
-        bundle = self.data or load_dataset(
-            cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
-            split=cfg.split_parts(), seed=cfg.seed,
-        )  # fmt: skip
+        splits = None
+        if cfg.resume and self.data is None and cfg.dataset.startswith("imagefolder:"):
+            splits = self.run.read_splits(folder_of(cfg.dataset))
+        if splits is not None:  # a resumed run goes on with the files it started with
+            bundle = splits.bundle(seed=cfg.seed)
+        else:
+            bundle = self.data or load_dataset(
+                cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                val_split=cfg.val_split, split=cfg.split_parts(), seed=cfg.seed,
+            )  # fmt: skip
         self.bundle = bundle
         self.weight_spec = resolve_weights(cfg.model, cfg.weights) if cfg.weights else None
-        self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec)
+        self.mean, self.std, cfg = input_statistics(cfg, bundle, self.weight_spec,
+                                                    self.given_model, self.log)  # fmt: skip
         plan = plan_run(cfg, bundle, self.given_model)
         self.model_kwargs, self.image_size, self.input_note = plan
         self.facts = data_facts(bundle, self.mean, self.std, self.image_size, self.input_note)
@@ -150,12 +173,13 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, cfg, self.steps_per_epoch)
         self.frozen = False
         self._apply_freeze(0)
+        self._say_what_is_frozen(model)
         self._wrap()
         self.amp_dtype = amp_dtype(cfg.amp, cfg.amp_dtype, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0)
+        self.criterion = ClassificationLoss(label_smoothing=cfg.label_smoothing or 0.0)
         defaults = cfg.callbacks(validation=self.val_loader is not None)
         self.callbacks = CallbackList(with_defaults(defaults, self.user_callbacks),
                                       is_main=self.dist.is_main)  # fmt: skip
@@ -170,6 +194,8 @@ class Trainer:
             # and `predict` rebuild exactly this network.
             recorded = replace(cfg, model_kwargs=self.model_kwargs, resume=None, overwrite=False)
             self.run.write_config(recorded, self.facts)
+            if splits is None:  # a resumed run keeps the record it started with
+                self.run.write_splits(bundle)
 
     def _wrap(self) -> None:
         """The module the loop calls: the model, under DDP and/or torch.compile when asked."""
@@ -181,6 +207,16 @@ class Trainer:
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.train_module = torch.compile(module) if self.config.compile else module
+
+    def _say_what_is_frozen(self, model: nn.Module) -> None:
+        """Parameters frozen before training (``requires_grad=False``, as the notes freeze a
+        backbone in Python) train as --freeze backbone does; the log says so."""
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        if frozen and not self.frozen:
+            total = sum(p.numel() for p in model.parameters())
+            self.log(f"{frozen:,} of {total:,} parameters are frozen (requires_grad=False): they "
+                     "do not train, and the batch norms of the frozen layers stay in eval mode "
+                     "with the statistics they came with")  # fmt: skip
 
     def _apply_freeze(self, epoch: int) -> None:
         """Freeze or release the backbone for ``epoch`` (0-based), per --freeze/--unfreeze-at."""
@@ -305,7 +341,7 @@ class Trainer:
         if not self.frozen:  # a frozen backbone keeps the statistics it came with
             with self.autocast():
                 recompute_statistics(self.eval_model, self.train_loader, self.config.precise_bn,
-                                     self.dist)  # fmt: skip
+                                     self.dist, keep=frozen_norm_names(self.model))  # fmt: skip
         val_loss, val_acc = self.validate()
         self.history.append({"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_acc": val_acc})
         with defer_sigint():
@@ -329,6 +365,8 @@ class Trainer:
         self.train_module.train()
         if self.frozen:
             freeze_backbone_norms(self.model)  # type: ignore[arg-type]
+        for name in frozen_norm_names(self.model):  # parameters the user froze
+            self.model.get_submodule(name).eval()  # type: ignore[union-attr]
         # Mixing draws from its own (seed, epoch, rank) streams, so resuming reproduces it.
         mix_rng = np.random.default_rng([cfg.seed, epoch, self.dist.rank])
         mix_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + self.dist.rank)
@@ -386,9 +424,10 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)  # type: ignore[arg-type]
         with torch.no_grad():
-            hits = (logits.argmax(1) == y).sum().float()
+            predicted = class_logits(logits).argmax(1)
+            hits = (predicted == y).sum().float()
             if y2 is not None:
-                hits = lam * hits + (1 - lam) * (logits.argmax(1) == y2).sum()
+                hits = lam * hits + (1 - lam) * (predicted == y2).sum()
         return loss.detach().float(), hits
 
     def _forward_loss(
@@ -444,15 +483,27 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         with self.autocast():
             for x, y in self.val_loader:
-                logits = model(x)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-                logits = logits.float()
+                logits = class_logits(model(x)).float()  # a sigmoid head: its BCE, below
                 sums[0] += F.cross_entropy(logits, y, reduction="sum")
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += y.shape[0]
         loss_sum, correct, n = all_reduce_sum(sums, self.dist).tolist()
         return loss_sum / n, correct / n
+
+    def _save_final_weights(self) -> str:
+        """The run's file of the weights it ended with, which it scores and every reader loads
+        (:func:`cnnzoo.rundir.resolve_run`): ``last``, the ``best`` checkpoint when early
+        stopping restored the very same weights, else ``final.safetensors``, written here."""
+        if self.final_weights == "last" and self.run.has_checkpoint("last"):
+            return "last.safetensors"
+        weights = {k: v.detach().cpu() for k, v in self.get_weights().items()}
+        if self.run.has_checkpoint("best"):
+            best = self.run.load_checkpoint("best").weights
+            if best.keys() == weights.keys() and all(torch.equal(best[k], v)
+                                                     for k, v in weights.items()):  # fmt: skip
+                return "best.safetensors"
+        self.run.save_weights(FINAL_WEIGHTS, weights, self.weights_metadata())
+        return FINAL_WEIGHTS
 
     # ------------------------------------------------------------------ the test split
     def test(self) -> dict[str, Any]:
@@ -460,6 +511,7 @@ class Trainer:
         return the metrics (without test scores when the data has no test split)."""
         metrics: dict[str, Any] = {}
         if self.dist.is_main:
+            self.weights_file = self._save_final_weights()
             metrics = report.score_test(self)
             self.run.write_metrics(metrics)
             for line in report.end_lines(self):

@@ -1,6 +1,6 @@
 """Keras-style callbacks: the protocol (:class:`Callback`) and the built-in ones."""
 
-from cnnzoo.train.callbacks.base import Callback, CallbackList, Monitor, with_defaults
+from cnnzoo.train.callbacks.base import Callback, CallbackList, Monitor, as_callback, with_defaults
 from cnnzoo.train.callbacks.csv_logger import CSVLogger
 from cnnzoo.train.callbacks.early_stopping import EarlyStopping
 from cnnzoo.train.callbacks.model_checkpoint import ModelCheckpoint
@@ -20,5 +20,6 @@ __all__ = [
     "ProgressBar",
     "ReduceLROnPlateau",
     "TensorBoard",
+    "as_callback",
     "with_defaults",
 ]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from cnnzoo.train.trainer import Trainer
 
-__all__ = ["Callback", "CallbackList", "Monitor", "with_defaults"]
+__all__ = ["Callback", "CallbackList", "Monitor", "as_callback", "with_defaults"]
 
 C = TypeVar("C", bound="Callback")
 
@@ -68,6 +68,67 @@ class Callback:
         """Whether this (user's) callback takes the place of ``other`` (one the config asked
         for): by default, when they are of the same class."""
         return type(self) is type(other)
+
+
+HOOKS = (
+    "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+    "on_train_batch_end", "on_test_begin", "on_test_end",
+)  # fmt: skip
+# Keras' older names for the batch hooks, which its callbacks still answer to.
+HOOK_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+class _DuckCallback(Callback):
+    """An object that is not a :class:`Callback` but has some of its hooks (as PyTorch users
+    often write them): the hooks it has are called, the others are no-ops, and its own
+    ``state_dict``, ``close``, ``set_trainer`` (or Keras' ``set_model``) are used if it has
+    them."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.main_process_only = bool(getattr(wrapped, "main_process_only", False))
+        for hook in HOOKS:
+            method = _method(wrapped, hook) or _method(wrapped, HOOK_ALIASES.get(hook, ""))
+            if method is not None:
+                setattr(self, hook, method)
+
+    def set_trainer(self, trainer: Trainer) -> None:
+        super().set_trainer(trainer)
+        if (method := _method(self.wrapped, "set_trainer")) is not None:
+            method(trainer)
+        elif (method := _method(self.wrapped, "set_model")) is not None:
+            method(trainer.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        method = _method(self.wrapped, "state_dict")
+        return method() if method is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (method := _method(self.wrapped, "load_state_dict")) is not None:
+            method(state)
+
+    def close(self) -> None:
+        if (method := _method(self.wrapped, "close")) is not None:
+            method()
+
+
+def _method(obj: Any, name: str) -> Any:
+    method = getattr(obj, name, None) if name else None
+    return method if callable(method) else None
+
+
+def as_callback(obj: Any) -> Callback:
+    """``obj`` as a :class:`Callback`: itself, or a duck-typed object with at least one of
+    Keras' ``on_*`` hooks wrapped; anything else is a TypeError that says what a callback is."""
+    if isinstance(obj, Callback):
+        return obj
+    if any(_method(obj, hook) for hook in (*HOOKS, *HOOK_ALIASES.values())):
+        return _DuckCallback(obj)
+    raise TypeError(
+        f"callbacks: {obj!r} is not a callback; subclass cnnzoo.callbacks.Callback or give an "
+        "object with Keras' hooks, e.g. on_epoch_end(self, epoch, logs)"
+    )
 
 
 def with_defaults(defaults: Iterable[Callback], given: Iterable[Callback]) -> list[Callback]:
@@ -110,7 +171,7 @@ class CallbackList:
         seen: dict[str, int] = {}
         keys = []
         for callback in self.callbacks:
-            name = type(callback).__name__
+            name = type(getattr(callback, "wrapped", callback)).__name__
             seen[name] = seen.get(name, 0) + 1
             keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
         return keys

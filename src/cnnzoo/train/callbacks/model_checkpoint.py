@@ -13,7 +13,8 @@ class ModelCheckpoint(Callback):
     """Keras' ModelCheckpoint, writing through the run directory.
 
     Without ``filepath`` it keeps the run's ``best`` checkpoint (``best.safetensors`` and
-    ``best.state.pt``, which `cnnzoo evaluate` and `predict` read first). With one, e.g.
+    ``best.state.pt``; `cnnzoo evaluate` and `predict` read it when the run ended with those
+    weights, or when it did not finish). With one, e.g.
     ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"`` (formatted with the 1-based epoch and the
     epoch's logs, relative to the run directory), it writes the evaluated weights there: every
     epoch, or with ``save_best_only`` only when ``monitor`` improved by more than ``min_delta``.
