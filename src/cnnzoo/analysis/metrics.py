@@ -17,7 +17,9 @@ from torch import nn
 from cnnzoo.errors import DataError
 
 __all__ = [
+    "Comparison",
     "EvalResult",
+    "compare_models",
     "evaluate_model",
     "logits_of",
     "per_class_scores",
@@ -249,3 +251,65 @@ def evaluate_model(
             images = images.to(device, non_blocking=True)
             acc.update(logits_of(model(images)), labels.to(device, non_blocking=True))
     return acc.result(class_names)
+
+
+@dataclass
+class Comparison:
+    """Two or more models scored on the same batches, the first being the reference."""
+
+    results: dict[str, EvalResult]
+    agreement: dict[str, float]  # fraction of samples whose top-1 is the reference's
+    max_abs_diff: dict[str, float]  # largest |logit - reference logit|
+    seconds: dict[str, float]  # time spent in each model's forward passes
+
+    def images_per_second(self, name: str) -> float:
+        n = next(iter(self.results.values())).n
+        return n / self.seconds[name] if self.seconds[name] > 0 else float("inf")
+
+
+def compare_models(
+    models: dict[str, nn.Module],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+) -> Comparison:
+    """Score every model on every batch, in turns (so drifting machine load hits all alike),
+    and compare each one's logits with the first model's."""
+    import time
+
+    device = torch.device(device)
+    names = list(models)
+    accumulators = {name: _Accumulator(num_classes, device) for name in names}
+    agree = {name: 0 for name in names}
+    diff = {name: 0.0 for name in names}
+    seconds = {name: 0.0 for name in names}
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = loader
+    if progress:
+        from rich.progress import track
+
+        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        batches = track(loader, description="evaluating", total=total, transient=True)
+    with torch.inference_mode():
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            reference = None
+            for name in names:
+                start = time.perf_counter()
+                logits = logits_of(models[name](images)).float()
+                seconds[name] += time.perf_counter() - start
+                accumulators[name].update(logits, labels)
+                if reference is None:
+                    reference = logits
+                agree[name] += int((logits.argmax(1) == reference.argmax(1)).sum())
+                diff[name] = max(diff[name], float((logits - reference).abs().max()))
+    results = {name: acc.result(class_names) for name, acc in accumulators.items()}
+    n = results[names[0]].n
+    return Comparison(
+        results=results,
+        agreement={name: agree[name] / n for name in names},
+        max_abs_diff=diff,
+        seconds=seconds,
+    )
