@@ -159,6 +159,7 @@ class QuantizeReport:
     validation_samples: int = 0
     fp32_top1: float | None = None  # % on the validation images
     int8_top1: float | None = None
+    int8_top1_all: float | None = None  # before any layer was kept in float32 by sensitivity
     max_drop: float | None = None
     sensitivity: list[LayerCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -188,10 +189,13 @@ class QuantizeReport:
             f"{self.max_abs_diff:.3g} (logits up to {self.output_scale:.3g})",
         ]
         if self.fp32_top1 is not None and self.int8_top1 is not None:
+            every = ""
+            if self.sensitivity and self.int8_top1_all is not None:
+                every = f"; with every layer int8 {self.int8_top1_all:.2f}%"
             lines.append(
                 f"top-1 on {self.validation_samples} validation images: float32 "
                 f"{self.fp32_top1:.2f}%, int8 {self.int8_top1:.2f}% "
-                f"({self.int8_top1 - self.fp32_top1:+.2f} points)"
+                f"({self.int8_top1 - self.fp32_top1:+.2f} points{every})"
             )
         if self.timings_ms:
             shape = "x".join(map(str, self.timing_shape))
@@ -553,6 +557,7 @@ def quantize(
         graph = _prepare_graph(folder / "fp32.onnx", folder / "prepared.onnx")
         fp32 = OnnxModel(graph.path, name="float32 graph")
         excluded = _nodes_of(graph, exclude)
+        report.fp32_layers = [_label(graph, name) for name in exclude]
         build = partial(_quantize_graph, graph, scheme, method, folder)
         with bars.task("calibrating", math.ceil(len(images) / CALIBRATION_BATCH)) as step:
             data = images.numpy()
@@ -566,17 +571,16 @@ def quantize(
             report.fp32_top1 = _top1(reference, val_labels)
             scored = _logits(OnnxModel(int8_path), val_images)
             report.int8_top1 = _top1(scored, val_labels)
+            report.int8_top1_all = report.int8_top1
             if sensitivity:
-                int8_path, scored = _keep_costly_layers_in_float(
-                    graph, build, report, reference, val_images, val_labels, excluded, max_drop,
-                    bars,
-                )  # fmt: skip
+                int8_path = _keep_costly_layers_in_float(
+                    graph, build, report, scored, val_images, val_labels, excluded, max_drop, bars
+                )
             check_images = val_images
         else:
             check_images = images[:CHECK_SAMPLES]
             reference = _logits(fp32, check_images)
-        report.fp32_layers = _layers_named(graph, _excluded_nodes(int8_path))
-        report.quantized_nodes = _count_quantized(int8_path, graph)
+        report.quantized_nodes = _count_quantized(int8_path)
         onnx_bytes = int8_path.read_bytes()
     report.check_samples = len(check_images)
     timing_input = example if example is not None else images[:8]
@@ -675,31 +679,17 @@ def _nodes_of(graph: _Graph, names: Sequence[str]) -> list[str]:
     return nodes
 
 
-def _excluded_nodes(int8_path: Path) -> set[str]:
-    """Quantizable nodes of the int8 graph that read no dequantized weight or activation."""
+def _count_quantized(int8_path: Path) -> int:
+    """Compute ops of the int8 graph that read a dequantized weight or activation."""
     import onnx
 
     graph = onnx.load(str(int8_path)).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {
-        n.name
+    return sum(
+        1
         for n in graph.node
-        if n.op_type in _COMPUTE_OPS and not any(i in dequantized for i in n.input)
-    }
-
-
-def _count_quantized(int8_path: Path, graph: _Graph) -> int:
-    computed = {name for names in graph.layers.values() for name in names}
-    return len(computed - _excluded_nodes(int8_path))
-
-
-def _layers_named(graph: _Graph, nodes: set[str]) -> list[str]:
-    """The layers all of whose quantizable nodes are in ``nodes`` (kept in float32)."""
-    return [
-        _label(graph, layer)
-        for layer, names in graph.layers.items()
-        if names and all(name in nodes for name in names)
-    ]
+        if n.op_type in _COMPUTE_OPS and any(i in dequantized for i in n.input)
+    )
 
 
 def _label(graph: _Graph, layer: str) -> str:
@@ -710,13 +700,13 @@ def _keep_costly_layers_in_float(
     graph: _Graph,
     build: Callable[..., Path],
     report: QuantizeReport,
-    reference: torch.Tensor,
+    scored: torch.Tensor,
     images: torch.Tensor,
     labels: torch.Tensor,
     excluded: list[str],
     max_drop: float,
     bars: _Progress,
-) -> tuple[Path, torch.Tensor]:
+) -> Path:
     """Quantize each layer alone and record its cost; then keep the costliest layers in float32,
     one more at a time, until int8 is within ``max_drop`` points of float32."""
     assert report.fp32_top1 is not None
@@ -732,29 +722,25 @@ def _keep_costly_layers_in_float(
             step()
     order = sorted(range(len(layers)), key=lambda i: costs[i].cost, reverse=True)
     report.sensitivity = [costs[i] for i in order]
-    best = graph.path.parent / "int8.onnx"
-    scored = _logits(OnnxModel(best), images)
+    best = graph.path.parent / "int8.onnx"  # every layer int8; ``scored`` are its logits
     kept: list[str] = []
     for index in order:
         if report.fp32_top1 - _top1(scored, labels) <= max_drop:
             break
-        if costs[index].cost <= 0:
-            report.notes.append(
-                f"no layer alone costs accuracy, yet int8 loses "
-                f"{report.fp32_top1 - _top1(scored, labels):.2f} points; stopped"
-            )
-            break
+        # Layers that cost nothing alone still count together (their activations' rounding
+        # adds up), so the list is followed to its end if need be.
         kept.append(layers[index])
         nodes = excluded + [n for layer in kept for n in graph.layers[layer]]
         best = build(folder / f"int8-{len(kept)}.onnx", exclude=nodes)
         scored = _logits(OnnxModel(best), images)
+    report.fp32_layers += [_label(graph, layer) for layer in kept]
     report.int8_top1 = _top1(scored, labels)
     if report.fp32_top1 - report.int8_top1 > max_drop:
         report.notes.append(
             f"int8 still loses {report.fp32_top1 - report.int8_top1:.2f} points with every "
-            f"costly layer in float32 (max_drop {max_drop})"
+            f"layer in float32 (max_drop {max_drop})"
         )
-    return best, scored
+    return best
 
 
 def _choose_runtime(
