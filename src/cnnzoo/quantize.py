@@ -179,9 +179,10 @@ class QuantizeReport:
 
     def __str__(self) -> str:
         types = f"{self.weight_type} weights{' (7-bit)' if self.reduce_range else ''}"
+        scales = "per-channel" if self.per_channel else "per-tensor"
         lines = [
             f"int8 ({self.backend}): {self.method} calibration on {self.samples} images; "
-            f"per-channel {types}, {self.activation_type} activations for {self.cpu}; "
+            f"{scales} {types}, {self.activation_type} activations for {self.cpu}; "
             f"{self.folded_batchnorms} BatchNorms folded; {self.quantized_nodes} ops quantized"
             + (f", {len(self.fp32_layers)} layers kept in float32" if self.fp32_layers else ""),
             f"top-1 agreement with float32 {100 * self.agreement:.2f}% on {self.check_samples} "
@@ -466,6 +467,7 @@ def quantize(
     max_drop: float = DEFAULT_MAX_DROP,
     exclude: Sequence[str] = (),
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    per_channel: bool = True,
     example: torch.Tensor | None = None,
     progress: bool = False,
 ) -> QuantizedModel:
@@ -484,7 +486,8 @@ def quantize(
     validation data's, else the calibration data's) quantizes each layer alone, records what it
     costs, and keeps the costliest in float32 until the int8 top-1 is within ``max_drop``
     points of float32's. ``exclude``: layers (module names, as the report shows them) or ONNX
-    node names to keep in float32 from the start.
+    node names to keep in float32 from the start. ``per_channel=False`` gives every weight
+    tensor one scale (what collapsed depthwise networks in published reports; for comparison).
 
     The check: on each runtime, the int8 model's top-1 answer must equal the float32 model's on
     at least ``min_agreement`` of the check images, else :class:`QuantizationError`. Timings
@@ -543,6 +546,7 @@ def quantize(
     report = QuantizeReport(
         method=method,
         samples=len(images),
+        per_channel=per_channel,
         activation_type=scheme.activation_type,
         weight_type=scheme.weight_type,
         reduce_range=scheme.reduce_range,
@@ -558,7 +562,7 @@ def quantize(
         fp32 = OnnxModel(graph.path, name="float32 graph")
         excluded = _nodes_of(graph, exclude)
         report.fp32_layers = [_label(graph, name) for name in exclude]
-        build = partial(_quantize_graph, graph, scheme, method, folder)
+        build = partial(_quantize_graph, graph, scheme, method, per_channel, folder)
         with bars.task("calibrating", math.ceil(len(images) / CALIBRATION_BATCH)) as step:
             data = images.numpy()
             build(
@@ -619,6 +623,7 @@ def _quantize_graph(
     graph: _Graph,
     scheme: Int8Scheme,
     method: str,
+    per_channel: bool,
     folder: Path,
     out: Path,
     *,
@@ -652,7 +657,7 @@ def _quantize_graph(
             str(out),
             reader,
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             reduce_range=scheme.reduce_range,
             activation_type=types[scheme.activation_type],
             weight_type=types[scheme.weight_type],
