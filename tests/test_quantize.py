@@ -34,13 +34,7 @@ MANIFEST = read_manifest()
 SLOW = {"resnet20.fashion_mnist", "plain20.fashion_mnist"}  # ~10 s each on one core
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Correctness, not speed: one thread keeps a busy 2-core machine from stalling the tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

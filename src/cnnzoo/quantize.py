@@ -716,7 +716,8 @@ def _keep_costly_layers_in_float(
     one more at a time, until int8 is within ``max_drop`` points of float32."""
     assert report.fp32_top1 is not None
     folder = graph.path.parent
-    layers = [name for name, nodes in graph.layers.items() if nodes]
+    chosen = set(excluded)  # layers the caller keeps in float32 are not costed
+    layers = [name for name, nodes in graph.layers.items() if nodes and not chosen >= set(nodes)]
     costs: list[LayerCost] = []
     with bars.task("quantizing one layer at a time", len(layers)) as step:
         for layer in layers:

@@ -223,6 +223,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _tracked(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]], progress: bool
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, behind a progress bar when asked for."""
+    if not progress:
+        return loader
+    from rich.progress import track
+
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    return track(loader, description="evaluating", total=total, transient=True)
+
+
 def evaluate_model(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -240,14 +252,8 @@ def evaluate_model(
     device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
     acc = _Accumulator(num_classes, device)
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = loader
-    if progress:
-        from rich.progress import track
-
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        batches = track(loader, description="evaluating", total=total, transient=True)
     with torch.inference_mode():
-        for images, labels in batches:
+        for images, labels in _tracked(loader, progress):
             images = images.to(device, non_blocking=True)
             acc.update(logits_of(model(images)), labels.to(device, non_blocking=True))
     return acc.result(class_names)
@@ -286,14 +292,8 @@ def compare_models(
     agree = {name: 0 for name in names}
     diff = {name: 0.0 for name in names}
     seconds = {name: 0.0 for name in names}
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = loader
-    if progress:
-        from rich.progress import track
-
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        batches = track(loader, description="evaluating", total=total, transient=True)
     with torch.inference_mode():
-        for images, labels in batches:
+        for images, labels in _tracked(loader, progress):
             images, labels = images.to(device), labels.to(device)
             reference = None
             for name in names:

@@ -9,8 +9,8 @@ from typing import Any
 from cnnzoo.errors import UsageError
 
 SOURCE_HELP = (
-    "a run directory, a checkpoint file (.safetensors or torchvision .pth), or a model name "
-    "with --weights"
+    "a run directory, a checkpoint file (.safetensors or torchvision .pth), a model name with "
+    "--weights, or (predict, evaluate, quantize) an .onnx file"
 )
 WEIGHTS_HELP = (
     "for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
