@@ -33,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from functools import partial
@@ -237,6 +238,9 @@ def bench_row(
         "int8_over_optimized": rates["int8"] / rates["optimized"] if "int8" in rates else None,
         "cnnzoo_fastest_over_openvino_fastest": fastest_zoo / max(openvino) if openvino else None,
         "gflops": {key: 2 * macs * rate / 1e9 for key, rate in rates.items()},
+        # Other jobs on the machine slow every variant of a row alike (they are interleaved),
+        # but say how loaded it was when the row was timed.
+        "load_average": list(os.getloadavg()),
         "optimized": {
             "backend": report.backend,
             "channels_last": report.channels_last,
@@ -323,14 +327,19 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  batch {batch}: "
                 + ", ".join(f"{k} {v:.2f} img/s" for k, v in rate.items())
-                + f" (optimize took {row['optimized']['build_s']:.1f} s)",
+                + f" (optimize took {row['optimized']['build_s']:.1f} s; "
+                f"load average {row['load_average'][0]:.1f})",
                 flush=True,
             )
         del reference, zoo
     print()
     print(format_table(rows, peak))
     total = time.perf_counter() - started
-    print(f"total {total:.0f} s; {args.repeats} turns per variant (median), warm-up {args.warmup}")
+    loads = [row["load_average"][0] for row in rows]
+    print(
+        f"total {total:.0f} s; {args.repeats} turns per variant (median), warm-up {args.warmup}; "
+        f"load average {min(loads):.1f}-{max(loads):.1f} while rows were timed"
+    )
     if args.out:
         summary = {
             key: geometric_mean(
@@ -355,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "geomean_ratio_to_torchvision": summary,
             "seconds": total,
+            "load_average_end": list(os.getloadavg()),
         }
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.out}")

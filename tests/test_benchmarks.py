@@ -53,6 +53,7 @@ def test_infer_benchmark_compares_the_variants_with_checked_outputs(tmp_path) ->
     openvino = {"openvino_fp32", "openvino_int8"}
     assert set(speeds) - openvino == {"torchvision", "cnnzoo", "optimized", "int8"}
     assert min(speeds.values()) > 0
+    assert len(row["load_average"]) == 3 and "load average" in done.stdout
     assert row["int8_over_optimized"] == pytest.approx(speeds["int8"] / speeds["optimized"])
     assert row["int8"]["quantized_nodes"] > 50 and row["int8"]["backend"]
     if openvino <= set(speeds):
