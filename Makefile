@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test,export]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,openvino]'
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist package holds the original IDX files; install it where apt works.

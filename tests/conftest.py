@@ -33,3 +33,15 @@ def write_pets(root: Path, per_class: int, start: int = 0, side: int = 20) -> No
 def pets() -> Callable[..., None]:
     """:func:`write_pets`, for tests that need an image folder of their own."""
     return write_pets
+
+
+@pytest.fixture()
+def one_thread():
+    """Correctness tests, not speed: one thread keeps them quick even on a busy 2-core machine,
+    where two OpenMP threads per process can wait on each other for milliseconds per op."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,16 +39,30 @@ def fashion_dir() -> Path:
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
-def test_infer_benchmark_compares_three_variants_with_checked_outputs(tmp_path) -> None:
+def test_infer_benchmark_compares_the_variants_with_checked_outputs(tmp_path) -> None:
     out = tmp_path / "infer.json"
     done = run_script(
         "infer.py", "--models", "mobilenet_v2", "--batches", "1", "--size", "64",
-        "--repeats", "1", "--warmup", "1", "--no-compile", "--out", str(out),
+        "--repeats", "1", "--warmup", "1", "--no-compile", "--calibration", "32",
+        "--out", str(out),
     )  # fmt: skip
     assert "machine:" in done.stdout and "matmul" in done.stdout
     (row,) = json.loads(out.read_text())["rows"]
     speeds = row["images_per_s"]
-    assert set(speeds) == {"torchvision", "cnnzoo", "optimized"} and min(speeds.values()) > 0
+    # OpenVINO's columns need openvino and nncf in the benchmark's own environment.
+    openvino = {"openvino_fp32", "openvino_int8"}
+    assert set(speeds) - openvino == {"torchvision", "cnnzoo", "optimized", "int8"}
+    assert min(speeds.values()) > 0
+    assert len(row["load_average"]) == 3 and "load average" in done.stdout
+    assert row["int8_over_optimized"] == pytest.approx(speeds["int8"] / speeds["optimized"])
+    assert row["int8"]["quantized_nodes"] > 50 and row["int8"]["backend"]
+    if openvino <= set(speeds):
+        fastest = max(speeds["optimized"], speeds["int8"])
+        assert row["cnnzoo_fastest_over_openvino_fastest"] == pytest.approx(
+            fastest / max(speeds["openvino_fp32"], speeds["openvino_int8"])
+        )
+    else:
+        assert "OpenVINO columns skipped" in done.stdout
     assert row["ratio_to_torchvision"]["cnnzoo"] == pytest.approx(
         speeds["cnnzoo"] / speeds["torchvision"]
     )

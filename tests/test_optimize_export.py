@@ -26,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 export_module = importlib.import_module("cnnzoo.export")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Correctness tests, not speed: one thread keeps them quick even on a busy 2-core machine,
-    # where two OpenMP threads per process can wait on each other for milliseconds per op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -8,6 +8,8 @@ command line's handler (one line, exit 130) instead of a traceback from the impo
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -24,6 +26,7 @@ _EXPORTS = {
     "receptive_field": "cnnzoo.analysis.receptive_field",
     "summary": "cnnzoo.analysis.summary",
     "optimize": "cnnzoo.optimize",
+    "quantize": "cnnzoo.quantize",
     "get_weight_spec": "cnnzoo.pretrained",
     "list_weights": "cnnzoo.pretrained",
     "create_model": "cnnzoo.registry",
@@ -50,6 +53,7 @@ __all__ = [
     "model_info",
     "optimize",
     "predict",
+    "quantize",
     "receptive_field",
     "save_weights",
     "summary",
@@ -75,6 +79,21 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
 
 
+class _Package(types.ModuleType):
+    """``cnnzoo.optimize`` and ``cnnzoo.quantize`` are functions named like the modules that
+    define them. Loading such a module makes the import system set it as an attribute of the
+    package, which would hide the function (``cnnzoo.optimize(...)`` calling a module) whenever
+    the module was imported first: those attributes keep the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 if TYPE_CHECKING:
     from cnnzoo import callbacks
     from cnnzoo.analysis.flops import count_macs
@@ -82,6 +101,7 @@ if TYPE_CHECKING:
     from cnnzoo.analysis.summary import summary
     from cnnzoo.optimize import optimize
     from cnnzoo.pretrained import get_weight_spec, list_weights
+    from cnnzoo.quantize import quantize
     from cnnzoo.registry import create_model, list_models, model_info
     from cnnzoo.train import History, TrainConfig, Trainer, evaluate, fit, predict
     from cnnzoo.weights import load_weights, save_weights

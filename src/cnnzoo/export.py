@@ -84,6 +84,7 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
     protect: Sequence[str | Path] = (),
+    metadata: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write ``model`` (in eval mode) to ``path`` as ``format``, reload it and compare outputs.
 
@@ -92,6 +93,7 @@ def export_model(
     fails or the reloaded file's outputs differ from eager by more than ``tolerance`` times the
     largest absolute eager output; ``path`` is then left as it was. An existing ``path`` is only
     replaced with ``overwrite``, and never when it is one of ``protect`` (the model's source).
+    ``metadata`` (ONNX only) is stored in the file for ``cnnzoo.inference.load_model`` to read.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -103,6 +105,12 @@ def export_model(
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         result = _export_checked(model, tmp, format, example_input, tolerance, shown=path)
+        if metadata is not None and format == "onnx":
+            import onnx
+
+            from cnnzoo.runtime import write_onnx
+
+            write_onnx(onnx.load(str(tmp)), tmp, metadata)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,7 +7,11 @@ A *source* is one of:
 - a weights file on its own: a cnnzoo ``.safetensors`` (its metadata names the model) or a
   torchvision ``.pth`` (its file name names the weights, e.g. ``resnet18-f37072fd.pth``);
 - a model name, with ``weights`` a weight name (``IMAGENET1K_V1``, ``DEFAULT``, ``imagenet``,
-  ``fashion_mnist``, ...) or a file, or without weights (a freshly initialised network).
+  ``fashion_mnist``, ...) or a file, or without weights (a freshly initialised network);
+- an ``.onnx`` file: one cnnzoo wrote (``cnnzoo export``, ``cnnzoo quantize``) carries its class
+  names, preprocessing and data in its metadata (:func:`onnx_metadata`); any other needs
+  ``classes`` and, unless its graph fixes it, ``input_size``. Its network is an
+  :class:`~cnnzoo.runtime.OnnxModel`: a module whose call returns the logits.
 
 :func:`load_model` turns each into an :class:`InferenceModel`: the network in eval mode, its class
 names, and the exact transform its weights expect (a run's evaluation transform, or the weights'
@@ -27,7 +31,9 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError, UsageError, WeightsError
 
-__all__ = ["InferenceModel", "from_module", "load_model"]
+__all__ = ["InferenceModel", "from_module", "load_model", "onnx_metadata", "weights_dataset"]
+
+ONNX_FORMAT = 1  # the version of the metadata layout below
 
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -55,6 +61,21 @@ class InferenceModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def dataset(self) -> str | None:
+        """The cnnzoo dataset it was trained on (a run's, named weights'), or None."""
+        named = self.config.get("dataset")
+        if named:
+            return str(named)
+        return weights_dataset(self.name, self.weights) if self.weights else None
+
+    @property
+    def is_graph(self) -> bool:
+        """True for an ONNX graph (no PyTorch module: no gradients, no re-export)."""
+        from cnnzoo.runtime import OnnxModel
+
+        return isinstance(self.model, OnnxModel)
+
     def prepare(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Decoded images -> one normalised batch."""
         return torch.stack([self.preprocess(image) for image in images])
@@ -73,13 +94,32 @@ def load_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    classes: str | Path | list[str] | None = None,
+    input_size: tuple[int, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    need_module: str | None = None,
 ) -> InferenceModel:
     """Load a source (see the module docstring) for inference; every failure is one line.
 
     Weights by name come from the cache, or are downloaded unless ``CNNZOO_OFFLINE=1`` (the
-    CLI's ``--offline``) forbids it.
+    CLI's ``--offline``) forbids it. ``classes`` (a file with one name per line, or the names),
+    ``input_size`` ((C, H, W) or (H, W)), ``mean`` and ``std`` describe an ONNX file that cnnzoo
+    did not write. ``need_module``: what the caller does that needs the PyTorch module (an ONNX
+    source is then refused with one line saying so).
     """
     path = Path(source).expanduser()
+    foreign = {"classes": classes, "input_size": input_size, "mean": mean, "std": std}
+    if weights is None and path.is_file() and path.suffix.lower() == ".onnx":
+        return _from_onnx(path, foreign, need_module)
+    given = [name for name, value in foreign.items() if value is not None]
+    if given:
+        raise UsageError(
+            f"--{given[0].replace('_', '-')} is for an ONNX file cnnzoo did not write; "
+            f"{source} describes its own inputs and classes"
+        )
+    if weights is not None and str(weights).lower().endswith(".onnx"):
+        raise UsageError(f"an ONNX file is a source on its own: give {weights} without {source}")
     if weights is None and path.is_dir():
         return _from_run(path)
     if weights is None and path.is_file():
@@ -336,3 +376,199 @@ def _json(text: str | None, default: Any) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return default
+
+
+# --- ONNX files -------------------------------------------------------------------------------
+
+
+def onnx_metadata(
+    loaded: InferenceModel,
+    *,
+    precision: str = "fp32",
+    source: str | None = None,
+    weights: str | None = None,
+) -> dict[str, Any]:
+    """What an ONNX file of ``loaded``'s network carries so that it is a source on its own:
+    classes, input size, preprocessing, the data it belongs to and where it came from
+    (``source`` and ``weights`` as the user named them, to load the float32 model again)."""
+    from cnnzoo.data.transforms import EvalTransform
+
+    config = loaded.config
+    if "preprocess" in config:  # an ONNX source made again: its record carries over
+        preprocess = dict(config["preprocess"])
+    elif loaded.weights:
+        preprocess = {"kind": "weights", "model": loaded.name, "weights": loaded.weights}
+    elif isinstance(loaded.preprocess, EvalTransform):
+        t = loaded.preprocess
+        preprocess = {"kind": "eval", "size": t.size, "crop_fraction": t.crop_fraction}
+    else:
+        raise CnnzooError(f"{loaded.description}: cannot describe its preprocessing")
+    keys = ("dataset", "data_dir", "val_split", "seed", "stored_image_size")
+    data = {key: config[key] for key in keys if key in config}
+    stored = (config.get("data") or {}).get("stored_image_size")  # a run's own images
+    if stored:
+        data["stored_image_size"] = list(stored)
+    if "dataset" not in data and loaded.dataset:
+        data["dataset"] = loaded.dataset
+    origin = dict(config.get("origin") or {})
+    if source is not None:
+        shown = Path(source).expanduser()
+        origin = {
+            "source": str(shown.resolve()) if shown.exists() else str(source),
+            "weights": str(Path(weights).resolve()) if weights and Path(weights).exists()
+            else weights,
+            "description": loaded.description,
+        }  # fmt: skip
+    return {
+        "format": ONNX_FORMAT,
+        "model": loaded.name,
+        "precision": precision,
+        "class_names": list(loaded.class_names),
+        "input_size": [loaded.channels, *loaded.input_size],
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "preprocess": preprocess,
+        "data": data,
+        "origin": origin,
+    }
+
+
+def weights_dataset(model: str, weights: str) -> str | None:
+    """The cnnzoo dataset named weights were trained on (None for ImageNet: not here)."""
+    from cnnzoo.data.datasets import canonical_name
+    from cnnzoo.pretrained import get_weight_spec
+
+    try:
+        return canonical_name(get_weight_spec(model, weights).dataset)
+    except UsageError:
+        return None
+
+
+def _from_onnx(path: Path, foreign: dict[str, Any], need_module: str | None) -> InferenceModel:
+    from cnnzoo.runtime import OnnxModel, read_metadata
+
+    meta = read_metadata(path)
+    if need_module:
+        made_from = (meta or {}).get("origin", {})
+        hint = f" (it was made from {made_from['description']})" if made_from else ""
+        raise UsageError(
+            f"{path} is an ONNX graph; {need_module} needs the PyTorch model: give its source, "
+            f"a run, a checkpoint or MODEL --weights{hint}"
+        )
+    if meta is None:
+        return _from_foreign_onnx(path, foreign)
+    given = [name for name, value in foreign.items() if value is not None]
+    if given:
+        raise UsageError(
+            f"{path} was written by cnnzoo and carries its classes and preprocessing; "
+            f"drop --{given[0].replace('_', '-')}"
+        )
+    try:
+        channels, height, width = (int(v) for v in meta["input_size"])
+        names = [str(n) for n in meta["class_names"]]
+        record = dict(meta["preprocess"])
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    except (KeyError, TypeError, ValueError):
+        raise CnnzooError(f"{path}: its cnnzoo metadata is incomplete") from None
+    if record.get("kind") == "weights":
+        from cnnzoo.pretrained import get_weight_spec
+
+        preprocess = get_weight_spec(record["model"], record["weights"]).transforms()
+    else:
+        from cnnzoo.data.transforms import EvalTransform
+
+        preprocess = EvalTransform(
+            size=int(record.get("size", height)),
+            mean=mean,
+            std=std,
+            crop_fraction=float(record.get("crop_fraction", 1.0)),
+        )
+    precision = str(meta.get("precision", "fp32"))
+    origin = meta.get("origin") or {}
+    made_from = f" of {origin['description']}" if origin.get("description") else ""
+    return InferenceModel(
+        model=OnnxModel(path, name=str(path)),
+        name=str(meta.get("model", "onnx")),
+        class_names=names,
+        channels=channels,
+        input_size=(height, width),
+        preprocess=preprocess,
+        mean=mean,
+        std=std,
+        description=f"{path} ({precision} ONNX{made_from})",
+        config={
+            **(meta.get("data") or {}),
+            "in_chans": channels,
+            "class_names": names,
+            "preprocess": record,
+            "origin": origin,
+            "precision": precision,
+            "onnx": meta,
+        },
+        files=[path],
+    )
+
+
+def _from_foreign_onnx(path: Path, foreign: dict[str, Any]) -> InferenceModel:
+    """An ONNX file without cnnzoo's metadata: what it cannot say, the caller must."""
+    from cnnzoo.data.transforms import EvalTransform
+    from cnnzoo.runtime import OnnxModel
+
+    model = OnnxModel(path, name=str(path))
+    fixed = model.input_shape[1:]
+    size = foreign["input_size"]
+    if size is not None and len(size) == 2 and fixed and fixed[0] is not None:
+        size = (fixed[0], *size)
+    if size is None and len(fixed) == 3 and all(isinstance(v, int) for v in fixed):
+        size = fixed  # the graph itself fixes it: nothing is guessed
+    missing = []
+    if foreign["classes"] is None:
+        missing.append("--classes FILE (one class name per line)")
+    if size is None or len(size) != 3:
+        missing.append("--input-size CxHxW")
+    if missing:
+        raise UsageError(
+            f"{path} has no cnnzoo metadata (cnnzoo did not write it): pass "
+            + " and ".join(missing)
+            + "; and --mean/--std if it expects normalised inputs"
+        )
+    channels, height, width = (int(v) for v in size)
+    if any(f is not None and f != v for f, v in zip(fixed, size, strict=False)):
+        raise UsageError(
+            f"{path} takes {'x'.join(map(str, fixed))} inputs, not {'x'.join(map(str, size))}"
+        )
+    if height != width:
+        raise UsageError(f"--input-size: only square inputs are supported, got {height}x{width}")
+    names = _class_names(foreign["classes"])
+    mean = tuple(foreign["mean"] or (0.0,) * channels)
+    std = tuple(foreign["std"] or (1.0,) * channels)
+    if len(mean) != channels or len(std) != channels:
+        raise UsageError(f"--mean and --std need {channels} values each, one per channel")
+    normalised = "" if foreign["mean"] or foreign["std"] else ", pixels in [0, 1] (no --mean/--std)"
+    return InferenceModel(
+        model=model,
+        name=path.stem,
+        class_names=names,
+        channels=channels,
+        input_size=(height, width),
+        preprocess=EvalTransform(size=height, mean=mean, std=std),
+        mean=mean,
+        std=std,
+        description=f"{path} (ONNX without cnnzoo metadata{normalised})",
+        config={"in_chans": channels, "class_names": names},
+        files=[path],
+    )
+
+
+def _class_names(classes: str | Path | list[str]) -> list[str]:
+    if isinstance(classes, (list, tuple)):
+        names = [str(n) for n in classes]
+    else:
+        try:
+            text = Path(classes).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--classes {classes}: cannot read it ({exc})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UsageError(f"--classes {classes}: no class names in it (one per line)")
+    return names

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
@@ -27,6 +27,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_leaves
 
 from cnnzoo.errors import CnnzooError, UsageError
+from cnnzoo.runtime import RUNTIMES, OnnxModel, installed_runtimes
+
+if TYPE_CHECKING:
+    from cnnzoo.quantize import QuantizedModel
 
 __all__ = [
     "OptimizationError",
@@ -42,7 +46,8 @@ log = logging.getLogger(__name__)
 
 # Default tolerance on max|optimized - eager|, relative to the eager output's largest magnitude.
 DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-BACKENDS = ("auto", "eager", "inductor", "onnxruntime")
+BACKENDS = ("auto", "eager", "inductor", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -268,13 +273,36 @@ class OptimizeReport:
         return "\n".join(lines)
 
 
-class OptimizedModel(nn.Module):
+class InferenceOnly(nn.Module):
+    """Base of the inference-only wrappers (optimized, int8): the wrapped model's own attributes
+    (num_classes, default_cfg, ...) read through, and training is refused."""
+
+    def __init__(self, module: nn.Module | None) -> None:
+        super().__init__()
+        self.module = module
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            module = super().__getattr__("module")
+            if module is None:
+                raise
+            return getattr(module, name)
+
+    def train(self, mode: bool = True) -> InferenceOnly:
+        if mode:
+            raise RuntimeError(f"{type(self).__name__} is for inference only; keep the original")
+        return super().train(False)
+
+
+class OptimizedModel(InferenceOnly):
     """An inference-only callable module: ``model(x)`` runs the chosen fast path.
 
     ``.module`` is the folded eager model it was built from; ``.report`` says what was applied.
     Inputs of another shape than the example go through the compiled model too (inductor
-    recompiles) except with ONNX Runtime, whose session is built for the example's shape: those
-    run on the folded eager module.
+    recompiles) except with ONNX Runtime and OpenVINO, whose graph is exported for the example's
+    shape: those run on the folded eager module.
     """
 
     def __init__(
@@ -285,38 +313,22 @@ class OptimizedModel(nn.Module):
         *,
         runner_shape: tuple[int, ...] | None = None,
     ) -> None:
-        super().__init__()
-        self.module = module
+        super().__init__(module)
         self.report = report
         # Kept out of _modules: the runner wraps ``module`` and must not appear twice in
         # state_dict() or named_modules().
         self.__dict__["_runner"] = runner
         self._runner_shape = runner_shape
 
-    def __getattr__(self, name: str) -> Any:
-        """The wrapped model's own attributes (num_classes, default_cfg, ...) read through."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("module"), name)
-
-    def train(self, mode: bool = True) -> OptimizedModel:
-        if mode:
-            raise RuntimeError("an optimized model is for inference only; keep the original")
-        return super().train(False)
-
     def forward(self, x: torch.Tensor) -> Any:
         with torch.inference_mode():
             fallback = self._runner_shape is not None and tuple(x.shape) != self._runner_shape
             runner = self.module if fallback else self._runner
-            # ONNX Runtime reads NCHW arrays; everything else runs the layout that was chosen.
-            if self.report.channels_last and x.dim() == 4 and runner is not self._onnx_runner:
+            # ONNX graphs read NCHW arrays; everything else runs the layout that was chosen.
+            onnx_graph = self.report.backend in RUNTIMES and not fallback
+            if self.report.channels_last and x.dim() == 4 and not onnx_graph:
                 x = x.contiguous(memory_format=torch.channels_last)
             return runner(x)
-
-    @property
-    def _onnx_runner(self) -> Any:
-        return self._runner if self.report.backend == "onnxruntime" else None
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -332,28 +344,14 @@ def _compile_inductor(model: nn.Module) -> Callable[[torch.Tensor], Any]:
     return torch.compile(model, backend="inductor", options={"freezing": True})
 
 
-def _onnxruntime_runner(
-    model: nn.Module, example: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
-
+def _onnx_runners(
+    model: nn.Module, example: torch.Tensor, runtimes: list[str]
+) -> dict[str, OnnxModel]:
+    """The model exported once to ONNX (for the example's shape) and loaded by each runtime."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         _quiet_onnx_export(model, example, path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        # ONNX Runtime's workers busy-wait after each run by default, taking the cores from
-        # whatever PyTorch runs next; a library call must not slow its caller's other work.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu").contiguous().numpy()
-        return torch.from_numpy(session.run(None, {input_name: array})[0])
-
-    return run
+        return {name: OnnxModel(path, name, name=f"{name} graph") for name in runtimes}
 
 
 def _quiet_onnx_export(model: nn.Module, example: torch.Tensor, path: str, **kwargs: Any) -> None:
@@ -381,7 +379,10 @@ def optimize(
     compile: bool = True,
     channels_last: bool | str = "auto",
     backend: str = "auto",
-) -> OptimizedModel:
+    precision: str = "fp32",
+    calibration: Any = None,
+    **quantize_options: Any,
+) -> OptimizedModel | QuantizedModel:
     """An inference copy of ``model`` that is as fast as this machine allows on such inputs.
 
     Steps, on a deep copy in eval mode (``model`` itself is left as it was):
@@ -391,9 +392,10 @@ def optimize(
     2. channels-last memory format is used if it measures faster on ``example_input``
        (``channels_last="auto"``), or as forced by ``True``/``False``;
     3. with ``compile=True`` the model is compiled: ``backend="auto"`` tries torch.compile with
-       inductor (needs a C++ compiler on CPU) and ONNX Runtime on CPU (only if ``onnxruntime``
-       is installed) and keeps whichever measures fastest, eager included; ``"inductor"`` or
-       ``"onnxruntime"`` force one (falling back to eager, with a note, if it fails);
+       inductor (needs a C++ compiler on CPU), ONNX Runtime and OpenVINO on CPU (each only if
+       installed; OpenVINO kept to float32 arithmetic) and keeps whichever measures fastest,
+       eager included; ``"inductor"``, ``"onnxruntime"`` or ``"openvino"`` force one (falling
+       back to eager, with a note, if it fails);
        ``"eager"`` compiles nothing. A backend that fails, or whose outputs differ, is dropped
        and the reason is logged and noted in the report;
     4. the final outputs on ``example_input`` are checked against the original eager model: the
@@ -403,7 +405,20 @@ def optimize(
 
     Timings (median milliseconds per call on ``example_input``) and choices are in
     ``result.report``. The result is for inference only: it runs under ``torch.inference_mode``.
+
+    ``precision="int8"`` changes the answers slightly, so it is used only when asked for: it
+    returns :func:`cnnzoo.quantize`'s :class:`~cnnzoo.quantize.QuantizedModel`, calibrated on
+    ``calibration`` and timed on ``example_input``, on the fastest int8 runtime (``backend``
+    ``"auto"``, ``"onnxruntime"`` or ``"openvino"``) whose answers agree with the float32
+    model's; ``quantize_options`` (``validation``, ``method``, ``samples``, ...) go to it.
     """
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        return _optimize_int8(model, example_input, backend, calibration, quantize_options)
+    if calibration is not None or quantize_options:
+        extra = ", ".join(["calibration", *quantize_options][: 1 + len(quantize_options)])
+        raise UsageError(f"{extra}: only for precision='int8'")
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if channels_last not in ("auto", True, False):
@@ -471,12 +486,17 @@ def optimize(
     candidates: list[str] = []
     if compile and backend in ("auto", "inductor"):
         candidates.append("inductor")
-    if compile and backend in ("auto", "onnxruntime"):
-        candidates.append("onnxruntime")
+    for runtime in RUNTIMES:
+        if compile and backend in ("auto", runtime):
+            if runtime in installed_runtimes():
+                candidates.append(runtime)
+            elif backend == runtime:
+                note(f"{runtime} is not installed (pip install {runtime})")
     if not compile and backend not in ("auto", "eager"):
         note(f"compile=False: backend {backend!r} not used")
 
     working: dict[str, tuple[Callable[[torch.Tensor], Any], tuple[int, ...] | None]] = {}
+    onnx_runners: dict[str, OnnxModel] = {}
     for name in candidates:
         try:
             if name == "inductor":
@@ -484,17 +504,15 @@ def optimize(
                     raise RuntimeError("no C++ compiler (g++/c++/clang++) for inductor on CPU")
                 fn, shape = _compile_inductor(folded), None
             else:
-                try:
-                    import onnxruntime  # noqa: F401
-                except ImportError:
-                    if backend == name:
-                        note("onnxruntime is not installed (pip install onnxruntime)")
-                    continue
                 if example.device.type != "cpu":
-                    raise RuntimeError("the ONNX Runtime path here is CPU-only")
-                fn, shape = _onnxruntime_runner(folded, nchw), tuple(example.shape)
+                    raise RuntimeError(f"the {name} path here is CPU-only")
+                if not onnx_runners:  # one export serves every runtime
+                    onnx_runners.update(
+                        _onnx_runners(folded, nchw, [c for c in candidates if c in RUNTIMES])
+                    )
+                fn, shape = onnx_runners[name], tuple(example.shape)
             with torch.inference_mode():
-                diff, scale = _max_diff(fn(nchw if name == "onnxruntime" else x), reference)
+                diff, scale = _max_diff(fn(nchw if name in RUNTIMES else x), reference)
             if not diff <= tolerance * (scale or 1.0):
                 raise RuntimeError(f"outputs differ from eager by {diff:.3g} (scale {scale:.3g})")
         except Exception as exc:
@@ -508,11 +526,11 @@ def optimize(
     runner: Callable[[torch.Tensor], Any] = folded
     runner_shape: tuple[int, ...] | None = None
     if working:
-        # ONNX Runtime takes NCHW arrays: handing it channels-last input would cost a copy.
+        # ONNX graphs take NCHW arrays: handing them channels-last input would cost a copy.
         measure(
             {eager_key: (folded, x)}
             | {
-                f"{name}+folded+{layout}": (fn, nchw if name == "onnxruntime" else x)
+                f"{name}+folded+{layout}": (fn, nchw if name in RUNTIMES else x)
                 for name, (fn, _) in working.items()
             }
         )
@@ -526,7 +544,7 @@ def optimize(
                 note(f"{name} not used: {ms[name]:.2f} ms vs {chosen_ms:.2f} ms {report.backend}")
 
     with torch.inference_mode():
-        output = runner(nchw if report.backend == "onnxruntime" else x)
+        output = runner(nchw if report.backend in RUNTIMES else x)
     report.max_abs_diff, report.output_scale = _max_diff(output, reference)
     allowed = tolerance * (report.output_scale or 1.0)
     if not report.max_abs_diff <= allowed:
@@ -535,3 +553,22 @@ def optimize(
             f"input, more than {tolerance:g} x output scale {report.output_scale:.3g}"
         )
     return OptimizedModel(folded, runner, report, runner_shape=runner_shape)
+
+
+def _optimize_int8(
+    model: nn.Module,
+    example: torch.Tensor,
+    backend: str,
+    calibration: Any,
+    options: dict[str, Any],
+) -> QuantizedModel:
+    from cnnzoo.quantize import quantize
+
+    if calibration is None:
+        raise UsageError(
+            "precision='int8' needs calibration data: calibration=images prepared like the "
+            "inputs (a tensor, (images, labels) or a DataLoader)"
+        )
+    if backend not in ("auto", *RUNTIMES):
+        raise UsageError(f"int8 runs on {' or '.join(RUNTIMES)}, not backend {backend!r}")
+    return quantize(model, calibration, example=example, backend=backend, **options)

@@ -17,9 +17,11 @@ from torch import nn
 from cnnzoo.errors import DataError
 
 __all__ = [
+    "Comparison",
     "EvalResult",
     "class_logits",
     "classes_of",
+    "compare_models",
     "evaluate_model",
     "logits_of",
     "per_class_scores",
@@ -251,6 +253,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _tracked(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]], progress: bool
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, behind a progress bar when asked for."""
+    if not progress:
+        return loader
+    from rich.progress import track
+
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    return track(loader, description="evaluating", total=total, transient=True)
+
+
 def evaluate_model(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -268,14 +282,64 @@ def evaluate_model(
     device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
     acc = _Accumulator(num_classes, device)
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = loader
-    if progress:
-        from rich.progress import track
-
-        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        batches = track(loader, description="evaluating", total=total, transient=True)
     with torch.inference_mode():
-        for images, labels in batches:
+        for images, labels in _tracked(loader, progress):
             images = images.to(device, non_blocking=True)
             acc.update(logits_of(model(images)), labels.to(device, non_blocking=True))
     return acc.result(class_names)
+
+
+@dataclass
+class Comparison:
+    """Two or more models scored on the same batches, the first being the reference."""
+
+    results: dict[str, EvalResult]
+    agreement: dict[str, float]  # fraction of samples whose top-1 is the reference's
+    max_abs_diff: dict[str, float]  # largest |logit - reference logit|
+    seconds: dict[str, float]  # time spent in each model's forward passes
+
+    def images_per_second(self, name: str) -> float:
+        n = next(iter(self.results.values())).n
+        return n / self.seconds[name] if self.seconds[name] > 0 else float("inf")
+
+
+def compare_models(
+    models: dict[str, nn.Module],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+) -> Comparison:
+    """Score every model on every batch, in turns (so drifting machine load hits all alike),
+    and compare each one's logits with the first model's."""
+    import time
+
+    device = torch.device(device)
+    names = list(models)
+    accumulators = {name: _Accumulator(num_classes, device) for name in names}
+    agree = {name: 0 for name in names}
+    diff = {name: 0.0 for name in names}
+    seconds = {name: 0.0 for name in names}
+    with torch.inference_mode():
+        for images, labels in _tracked(loader, progress):
+            images, labels = images.to(device), labels.to(device)
+            reference = None
+            for name in names:
+                start = time.perf_counter()
+                logits = logits_of(models[name](images)).float()
+                seconds[name] += time.perf_counter() - start
+                accumulators[name].update(logits, labels)
+                if reference is None:
+                    reference = logits
+                agree[name] += int((logits.argmax(1) == reference.argmax(1)).sum())
+                diff[name] = max(diff[name], float((logits - reference).abs().max()))
+    results = {name: acc.result(class_names) for name, acc in accumulators.items()}
+    n = results[names[0]].n
+    return Comparison(
+        results=results,
+        agreement={name: agree[name] / n for name in names},
+        max_abs_diff=diff,
+        seconds=seconds,
+    )

@@ -18,7 +18,12 @@ from rich.table import Table
 
 from cnnzoo.analysis.metrics import EvalResult, evaluate_model
 from cnnzoo.analysis.predict import Prediction, collect_images, iter_predictions
-from cnnzoo.cli.options import add_source_arguments, positive_int
+from cnnzoo.cli.options import (
+    add_onnx_arguments,
+    add_source_arguments,
+    onnx_options,
+    positive_int,
+)
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.inference import InferenceModel, load_model
 from cnnzoo.train.hardware import resolve_device
@@ -48,6 +53,15 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
     )
+    evaluate.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize to int8 (as `cnnzoo quantize`) and score float32 and int8 side by side",
+    )
+    from cnnzoo.cli.quantize_cmd import add_int8_arguments
+
+    add_int8_arguments(evaluate)
+    add_onnx_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
     predict = subparsers.add_parser(
@@ -91,12 +105,16 @@ def register(subparsers: Any) -> None:
     predict.add_argument(
         "--fast", action="store_true", help="run through cnnzoo.optimize (checked against eager)"
     )
+    add_onnx_arguments(predict)
     predict.set_defaults(run=run_predict, more_positionals="inputs")
 
 
 def load_source(args: argparse.Namespace, *, need_weights: bool) -> InferenceModel:
     """The model SOURCE [--weights] names; ``need_weights``: refuse a fresh, untrained one."""
-    loaded = load_model(args.source, args.weights)
+    loaded = load_model(args.source, args.weights, **onnx_options(args))
+    for flag in ("fast", "cam"):
+        if loaded.is_graph and getattr(args, flag, False):
+            raise UsageError(f"--{flag} needs the PyTorch model; {args.source} is an ONNX graph")
     if need_weights and not loaded.trained:
         raise UsageError(
             f"{args.source} needs weights to {args.command}: add --weights NAME or FILE "
@@ -114,6 +132,48 @@ def fast_model(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module
     return fast
 
 
+def split_loader(
+    loaded: InferenceModel,
+    *,
+    dataset: str | None,
+    data_dir: str | None,
+    split: str,
+    batch_size: int,
+    device: torch.device | str,
+) -> tuple[Any, str, list[str]]:
+    """(loader, dataset name, class names) of ``split`` of ``dataset`` (default: the source's
+    own), prepared as the source's evaluation prepares images."""
+    from cnnzoo.data import make_loader
+    from cnnzoo.rundir import run_data
+
+    config = loaded.config
+    spec = dataset or loaded.dataset
+    if not spec:
+        raise UsageError(f"{loaded.description}: name the data to evaluate on with --dataset")
+    # The run's own split, so that "test" and "val" are the very images it held out.
+    bundle = run_data(config, loaded.run_dir, dataset=spec, data_dir=data_dir)
+    if bundle.num_classes != loaded.num_classes:
+        raise CnnzooError(
+            f"{spec} has {bundle.num_classes} classes but {loaded.description} predicts "
+            f"{loaded.num_classes}"
+        )
+    if getattr(bundle, split) is None:
+        raise UsageError(f"{spec} has no {split} split here (the run was trained with val_split=0)")
+    side = loaded.input_size[0]
+    loader = make_loader(
+        bundle,
+        split,
+        batch_size=batch_size,
+        image_size=side if (side, side) != tuple(bundle.image_size) else None,
+        mean=loaded.mean,
+        std=loaded.std,
+        channels=loaded.channels,
+        device=torch.device(device),
+    )
+    class_names = loaded.class_names if config or loaded.weights else bundle.class_names
+    return loader, spec, class_names
+
+
 def evaluate_source(
     loaded: InferenceModel,
     *,
@@ -126,39 +186,12 @@ def evaluate_source(
     fast: bool = False,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Score a loaded model on ``split`` of ``dataset`` (default: its run's or weights' own)."""
-    from cnnzoo.data import make_loader
-    from cnnzoo.data.datasets import canonical_name
-    from cnnzoo.rundir import run_data
-
-    config = loaded.config
-    spec = dataset or config.get("dataset")
-    if not spec and loaded.weights:
-        spec = _weights_dataset(loaded)
-    if not spec:
-        raise UsageError(f"{loaded.description}: name the data to evaluate on with --dataset")
-    # The run's own split, so that "test" and "val" are the very images it held out.
-    bundle = run_data(config, loaded.run_dir, dataset=spec, data_dir=data_dir)
-    if bundle.num_classes != loaded.num_classes:
-        raise CnnzooError(
-            f"{spec} has {bundle.num_classes} classes but {loaded.description} predicts "
-            f"{loaded.num_classes}"
-        )
-    if getattr(bundle, split) is None:
-        raise UsageError(f"{spec} has no {split} split here (the run was trained with val_split=0)")
+    loader, spec, class_names = split_loader(
+        loaded, dataset=dataset, data_dir=data_dir, split=split, batch_size=batch_size,
+        device=device,
+    )  # fmt: skip
     device = torch.device(device)
     model = loaded.model.to(device)
-    side = loaded.input_size[0]
-    loader = make_loader(
-        bundle,
-        split,
-        batch_size=batch_size,
-        image_size=side if (side, side) != tuple(bundle.image_size) else None,
-        mean=loaded.mean,
-        std=loaded.std,
-        channels=loaded.channels,
-        device=device,
-    )
-    class_names = loaded.class_names if config or loaded.weights else bundle.class_names
     if fast:
         model = fast_model(model, next(iter(loader))[0])
     result = evaluate_model(
@@ -172,24 +205,19 @@ def evaluate_source(
     info = {
         "source": loaded.description,
         "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
-        "checkpoint": config.get("checkpoint"),
+        "checkpoint": loaded.config.get("checkpoint"),
         "weights": loaded.weights,
         "model": loaded.name,
-        "dataset": canonical_name(spec) if not spec.startswith("imagefolder:") else spec,
+        "dataset": _dataset_name(spec),
         "split": split,
     }
     return result, info
 
 
-def _weights_dataset(loaded: InferenceModel) -> str | None:
-    """The cnnzoo dataset named weights were trained on (None for ImageNet: not here)."""
+def _dataset_name(spec: str) -> str:
     from cnnzoo.data.datasets import canonical_name
-    from cnnzoo.pretrained import get_weight_spec
 
-    try:
-        return canonical_name(get_weight_spec(loaded.name, loaded.weights).dataset)
-    except UsageError:
-        return None
+    return canonical_name(spec) if not spec.startswith("imagefolder:") else spec
 
 
 def evaluate_run(run: str | Path, **options: Any) -> tuple[EvalResult, dict[str, Any]]:
@@ -197,9 +225,28 @@ def evaluate_run(run: str | Path, **options: Any) -> tuple[EvalResult, dict[str,
     return evaluate_source(load_model(run), **options)
 
 
+def output_dir(args: argparse.Namespace, loaded: InferenceModel) -> Path:
+    """--output, else the run's folder, else eval/MODEL-WEIGHTS."""
+    if args.output:
+        return Path(args.output)
+    if loaded.run_dir is not None:
+        return loaded.run_dir
+    if loaded.is_graph:
+        return Path("eval") / loaded.files[0].stem
+    return Path("eval") / f"{loaded.name}-{loaded.weights or 'weights'}"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_source(args, need_weights=True)
+    if args.int8 or loaded.config.get("precision") == "int8":
+        from cnnzoo.cli.quantize_cmd import evaluate_int8
+
+        if args.fast:
+            raise UsageError("--fast and --int8 are two ways to run the model: choose one")
+        return evaluate_int8(args, loaded)
+    if args.calibration or args.sensitivity:
+        raise UsageError("--calibration and --sensitivity are for --int8")
     result, info = evaluate_source(
         loaded,
         dataset=args.dataset,
@@ -210,12 +257,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         fast=args.fast,
     )
-    if args.output:
-        out_dir = Path(args.output)
-    elif loaded.run_dir is not None:
-        out_dir = loaded.run_dir
-    else:
-        out_dir = Path("eval") / f"{loaded.name}-{loaded.weights or 'weights'}"
+    out_dir = output_dir(args, loaded)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"eval_{args.split}.json"
     json_path.write_text(json.dumps({**info, **result.to_dict()}, indent=2) + "\n")

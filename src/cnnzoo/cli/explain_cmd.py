@@ -72,7 +72,9 @@ def register(subparsers: Any) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def _load_source(source: str, weights: str | None) -> tuple[Any, list[str], Preprocess]:
+def _load_source(
+    source: str, weights: str | None, command: str = "explain"
+) -> tuple[Any, list[str], Preprocess]:
     """(model in eval mode, class names, preprocess) for a run directory, a checkpoint or a
     model name with ``--weights``, through the loader predict and evaluate use.
 
@@ -81,7 +83,7 @@ def _load_source(source: str, weights: str | None) -> tuple[Any, list[str], Prep
     """
     from cnnzoo.inference import load_model
 
-    loaded = load_model(source, weights)
+    loaded = load_model(source, weights, need_module=command)
     if not loaded.trained:
         print(f"note: {source} has untrained weights (no --weights)", file=sys.stderr)
 
@@ -183,7 +185,7 @@ def run_features(args: argparse.Namespace) -> int:
     from cnnzoo.analysis.featuremaps import resolve_stages, stage_maps, stage_maps_figure
     from cnnzoo.analysis.plots import save_figure
 
-    model, _, preprocess = _load_source(args.source, args.weights)
+    model, _, preprocess = _load_source(args.source, args.weights, "features")
     indices = resolve_stages(model.feature_info, args.stages)
     (image,) = _read([args.image], _channels(model))
     batch, shown = preprocess(image)
@@ -201,7 +203,7 @@ def run_filters(args: argparse.Namespace) -> int:
     from cnnzoo.analysis.featuremaps import filters_figure, first_conv_weight
     from cnnzoo.analysis.plots import save_figure
 
-    model, _, _ = _load_source(args.source, args.weights)
+    model, _, _ = _load_source(args.source, args.weights, "filters")
     name, weight = first_conv_weight(model)
     fig = filters_figure(weight, f"{model.model_name} {name}")
     written = save_figure(fig, _output_file(args.out, "filters"))

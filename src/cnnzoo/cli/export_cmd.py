@@ -12,7 +12,7 @@ import torch
 from cnnzoo.cli.options import add_source_arguments, parse_input_size
 from cnnzoo.errors import UsageError
 from cnnzoo.export import FORMATS, export_model
-from cnnzoo.inference import load_model
+from cnnzoo.inference import load_model, onnx_metadata
 from cnnzoo.registry import list_models
 
 EXAMPLE_BATCH = 2  # a batch of 1 would be specialised by torch.export: no dynamic batch
@@ -66,6 +66,7 @@ def run_export(args: argparse.Namespace) -> int:
         args.weights,
         num_classes=args.num_classes if by_name else None,
         in_chans=size[0] if size and by_name and args.weights is None else None,
+        need_module="export",
     )
     if size is None:
         size = (loaded.channels, *loaded.input_size)
@@ -79,8 +80,20 @@ def run_export(args: argparse.Namespace) -> int:
     example = torch.randn(EXAMPLE_BATCH, *size, generator=generator)
     if hasattr(model, "check_input"):  # a size the network cannot take: one clear line
         model.check_input(example)
+    # An ONNX file keeps what inference needs, so that it is a source for predict and evaluate.
+    metadata = (
+        onnx_metadata(loaded, source=args.source, weights=args.weights)
+        if args.format == "onnx"
+        else None
+    )
     result = export_model(
-        model, args.output, args.format, example, overwrite=args.force, protect=loaded.files
+        model,
+        args.output,
+        args.format,
+        example,
+        overwrite=args.force,
+        protect=loaded.files,
+        metadata=metadata,
     )
     print(result.summary())
     return 0

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "cnnzoo.cli.eval_cmd",
     "cnnzoo.cli.compare_cmd",
     "cnnzoo.cli.export_cmd",
+    "cnnzoo.cli.quantize_cmd",
     "cnnzoo.cli.weights_cmd",
     "cnnzoo.cli.explain_cmd",
     "cnnzoo.cli.experiment_cmd",

@@ -281,7 +281,7 @@ def run_summary(args: argparse.Namespace) -> int:
                 "--num-classes, --in-chans and --small-input are for a model given by name; "
                 "a run or weights have their own"
             )
-        loaded = load_model(args.source, args.weights)
+        loaded = load_model(args.source, args.weights, need_module="summary")
         model, default_size = loaded.model, (loaded.channels, *loaded.input_size)
     channels = default_size[0]
     if size is None:

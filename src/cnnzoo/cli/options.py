@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Any
 
 from cnnzoo.errors import UsageError
 
 SOURCE_HELP = (
-    "a run directory, a checkpoint file (.safetensors or torchvision .pth), or a model name "
-    "with --weights"
+    "a run directory, a checkpoint file (.safetensors or torchvision .pth), a model name with "
+    "--weights, or (predict, evaluate, quantize) an .onnx file"
 )
 WEIGHTS_HELP = (
     "for a model name: a weight name (IMAGENET1K_V1, DEFAULT, imagenet, fashion_mnist; "
@@ -44,6 +45,28 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    """What an ONNX file that cnnzoo did not write cannot say about itself."""
+    group = parser.add_argument_group("for an .onnx file cnnzoo did not write")
+    group.add_argument("--classes", metavar="FILE", help="its class names, one per line")
+    group.add_argument(
+        "--input-size", metavar="CxHxW", help="its input size, e.g. 3x224x224 (if not fixed)"
+    )
+    group.add_argument("--mean", type=float, nargs="+", help="per-channel mean of [0, 1] pixels")
+    group.add_argument("--std", type=float, nargs="+", help="per-channel std of [0, 1] pixels")
+
+
+def onnx_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The add_onnx_arguments values as load_model's keyword arguments."""
+    size = getattr(args, "input_size", None)
+    return {
+        "classes": getattr(args, "classes", None),
+        "input_size": parse_input_size(size) if size else None,
+        "mean": tuple(args.mean) if getattr(args, "mean", None) else None,
+        "std": tuple(args.std) if getattr(args, "std", None) else None,
+    }
 
 
 def positive_int(text: str) -> int:
