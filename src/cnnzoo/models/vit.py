@@ -217,9 +217,11 @@ class VisionTransformer(ZooModel):
     ) -> None:
         super().__init__()
         if image_size % patch_size:
+            below = patch_size * (image_size // patch_size)
+            options = f"{below} or {below + patch_size}" if below else str(patch_size)
             raise ValueError(
                 f"image_size {image_size} is not a multiple of the {patch_size}-px patches; "
-                f"use {patch_size * max(1, round(image_size / patch_size))}"
+                f"use {options}"
             )
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} does not split into {num_heads} heads")
