@@ -34,6 +34,7 @@ from cnnzoo.experiments.runs import (
     provenance_lines,
     subset_data_dir,
     train_subrun,
+    write_results,
 )
 from cnnzoo.train import TrainConfig
 
@@ -302,9 +303,7 @@ def run_data_efficiency(
     from cnnzoo.analysis.experiment_plots import plot_data_efficiency
 
     plot_data_efficiency(record["lines"], output_dir / "data_efficiency.png")
-    (output_dir / "data_efficiency.md").write_text(_markdown(record))
-    (output_dir / "data_efficiency.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote data_efficiency.md, data_efficiency.png and data_efficiency.json in {output_dir}/")
+    write_results(output_dir, "data_efficiency", record, _markdown(record), log)
     return record
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "read_history",
     "subset_data_dir",
     "train_subrun",
+    "write_results",
 ]
 
 # Fields of a run's config.json that do not change what the run computes: a finished sub-run
@@ -388,6 +389,16 @@ def provenance_lines(record: dict[str, Any]) -> list[str]:
         "",
         *(f"- {line}" for line in header(record["machine"]).splitlines()),
     ]
+
+
+def write_results(
+    output_dir: Path, stem: str, record: dict[str, Any], markdown: str, log: Callable[[str], None]
+) -> None:
+    """``STEM.md`` and ``STEM.json`` (the record) beside the figure ``STEM.png``, and a line
+    saying so."""
+    (output_dir / f"{stem}.md").write_text(markdown)
+    (output_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {stem}.md, {stem}.png and {stem}.json in {output_dir}/")
 
 
 def markdown_table(
