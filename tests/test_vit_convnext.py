@@ -236,6 +236,23 @@ def test_summary_shows_patch_and_whole_image_fields() -> None:
     assert "from encoder.layers.encoder_layer_0.self_attention on" in text
 
 
+def test_summary_and_export_build_a_vit_for_the_asked_side(tmp_path: Path, capsys) -> None:
+    assert main(["summary", "vit_b_16", "--input-size", "3x64x64"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"Receptive field \(encoder\.ln\)\s+64 px, the whole image", text)
+    assert main(["summary", "vit_b_16", "--input-size", "60"]) == 2
+    assert "not a multiple of the 16-px patches; use 48 or 64" in capsys.readouterr().err
+    assert main(["summary", "vit_b_16", "--input-size", "64x32"]) == 2
+    assert "takes square images" in capsys.readouterr().err
+    out = tmp_path / "vit.onnx"
+    assert main(["export", "vit_cifar_4", str(out), "--format", "onnx",
+                 "--input-size", "1x16x16"]) == 0
+    import onnx
+
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [1, 16, 16]
+
+
 def test_convnext_fields_follow_its_channels_last_blocks() -> None:
     with torch.device("meta"):
         model = cnnzoo.create_model("convnext_tiny")

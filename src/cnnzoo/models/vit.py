@@ -270,6 +270,11 @@ class VisionTransformer(ZooModel):
         nn.init.zeros_(self.heads.head.weight)
         nn.init.zeros_(self.heads.head.bias)
 
+    def rebuild_hint(self, height: int, width: int) -> str:
+        if height == width and height % self.patch_size == 0:
+            return f" or build it with image_size={height}"
+        return ""
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, 1 + (H/P)·(W/P), D) tokens, the class token first."""
         x = self.conv_proj(x).flatten(2).transpose(1, 2)

@@ -16,6 +16,7 @@ __all__ = [
     "make_loaders",
     "plan_input",
     "plan_run",
+    "side_options",
 ]
 
 # Images up to this side get the small-input stem where a model has one: an ImageNet stem
@@ -173,6 +174,31 @@ def _plan_size(
         f"{model.fixed_input_size or model.min_input_size} px; resizing batches from "
         f"{height}x{width} to {resize}x{resize}",
     )
+
+
+def side_options(
+    model_name: str, channels: int, height: int, width: int, model_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``model_kwargs`` with the option that builds ``model_name`` for ``height`` x ``width``
+    inputs where its side is a builder option (a Vision Transformer's ``image_size``: its
+    position embeddings fix the side); unchanged for every other model, or when that side is
+    already the model's. Sides it cannot be built for are a UsageError."""
+    model = _build_on_meta(model_name, 1, channels, model_kwargs)
+    if not getattr(type(model), "supports_image_size", False) or "image_size" in model_kwargs:
+        return model_kwargs
+    if (height, width) == (model.fixed_input_size, model.fixed_input_size):
+        return model_kwargs
+    if height != width:
+        raise UsageError(
+            f"{model_name} takes square images (its position embeddings are a square grid of "
+            f"patches), got {height}x{width}"
+        )
+    options = {**model_kwargs, "image_size": height}
+    try:
+        _build_on_meta(model_name, 1, channels, options)
+    except ValueError as exc:
+        raise UsageError(f"{model_name}: {exc}") from None
+    return options
 
 
 def _fit_image_size(
