@@ -52,6 +52,8 @@ FAMILIES = {
     "mobilenet": "mobilenet_v2",
     "mobilenet (v3)": "mobilenet_v3_small",
     "shufflenet": "shufflenet_v2_x0_5",
+    "vit": "vit_cifar_4",
+    "convnext": "convnext_cifar",
 }
 
 

@@ -326,6 +326,11 @@ def test_cifar10_subset_round_trips_through_the_reader(tmp_path: Path) -> None:
         (["degradation", "--dataset", "cifar100"], "experiments run on fashion_mnist"),
         (["zoo-table", "--models", "lenet6"], "unknown model 'lenet6'; did you mean lenet5"),
         (["zoo-table", "--epochs", "x"], "expected an integer, got 'x'"),
+        (["data-efficiency", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["data-efficiency", "--sizes", "70000"], "fashion_mnist has only 60,000 training"),
+        (["data-efficiency", "--sizes", "0"], "each size must be an integer >= 1, got 0"),
+        (["data-efficiency", "--models", "vit_b16"], "unknown model 'vit_b16'; did you mean"),
+        (["data-efficiency", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ],
 )
 def test_bad_requests_are_one_line_usage_errors(argv, message, tmp_path: Path, capsys) -> None:
@@ -355,5 +360,86 @@ def test_list_names_each_experiment_and_what_it_reproduces(capsys) -> None:
     out = capsys.readouterr().out
     assert "degradation:" in out and "zoo-table:" in out
     assert "Deep Residual Learning for Image Recognition" in out and "Fig. 1 and Fig. 6" in out
-    assert out.count("time here:") == 2
+    assert out.count("time here:") == 3
+    assert "data-efficiency:" in out and "An Image is Worth 16x16 Words" in out
     assert all(word in out for word in ("measured", "estimated"))
+
+
+# --------------------------------------------------------------------------- data efficiency
+
+
+def test_steps_per_epoch_and_epochs_for_a_step_budget() -> None:
+    from cnnzoo.experiments.data_efficiency import epochs_for, steps_per_epoch
+
+    assert [steps_per_epoch(n, 128) for n in (1_000, 5_000, 20_000, 60_000)] == [8, 40, 157, 469]
+    assert steps_per_epoch(129, 128) == 1  # the trainer drops a last batch of one image
+    assert [epochs_for(3_752, n, 128) for n in (1_000, 5_000, 20_000, 60_000)] == [469, 94, 24, 8]
+    assert epochs_for(5, 60_000, 128) == 1
+
+
+def test_data_efficiency_keeps_each_recipe_and_scales_its_warmup() -> None:
+    from cnnzoo.experiments.data_efficiency import data_efficiency_config
+
+    vit = data_efficiency_config("vit_cifar_4", 5_000, dataset="fashion_mnist", steps=400,
+                                 output_dir="x").resolved()  # fmt: skip
+    recipe = default_recipe("vit_cifar_4", "fashion_mnist")
+    assert (vit.epochs, vit.val_split, vit.optimizer, vit.lr) == (10, 0.0, "adamw", recipe["lr"])
+    # The recipe warms up over 2 of its 20 epochs: 10 % of the steps here too.
+    assert vit.warmup_epochs == pytest.approx(10 * recipe["warmup_epochs"] / recipe["epochs"])
+    resnet = data_efficiency_config("resnet20", 1_000, dataset="fashion_mnist", steps=400,
+                                    output_dir="x").resolved()  # fmt: skip
+    assert (resnet.epochs, resnet.optimizer, resnet.warmup_epochs) == (50, "sgd", 0.0)
+
+
+@pytest.fixture(scope="module")
+def efficiency_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from cnnzoo.experiments import run_data_efficiency
+
+    out = tmp_path_factory.mktemp("data-efficiency")
+    # One model (each sub-run scores the whole 10,000-image test set): the loop over models is
+    # the same for three.
+    options = dict(models=["vit_cifar_4"], sizes=[128, 256], steps=2, num_threads=1, quiet=True)
+    record = run_data_efficiency(out, log=lambda _: None, **options)
+    lines: list[str] = []
+    again = run_data_efficiency(out, log=lines.append, **options)
+    return {"out": out, "record": record, "again": again, "lines": lines, "options": options}
+
+
+@pytest.mark.slow
+def test_data_efficiency_trains_every_size_for_the_same_steps(efficiency_dir: dict) -> None:
+    out, record = efficiency_dir["out"], efficiency_dir["record"]
+    rows = {(row["model"], row["images"]): row for row in record["rows"]}
+    assert set(rows) == {("vit_cifar_4", 128), ("vit_cifar_4", 256)}
+    for (model, images), row in rows.items():
+        assert row["steps"] == 2 and row["epochs"] == {128: 2, 256: 1}[images]
+        metrics = json.loads((out / f"{model}-{images}" / "metrics.json").read_text())
+        assert row["test_accuracy"] == metrics["test_top1"]
+        assert metrics["test"]["n"] == record["test_images"] == 10_000  # the whole test set
+        saved = json.loads((out / f"{model}-{images}" / "config.json").read_text())
+        assert saved["val_split"] == 0.0 and saved["epochs"] == row["epochs"]
+    cut = out / "data" / "fashion_mnist-subset128-fulltest"
+    subset = load_dataset("fashion_mnist", data_dir=cut, val_split=0)
+    assert len(subset.train) == 128 and len(subset.test) == 10_000
+    assert_real_png(out / "data_efficiency.png", (800, 550))
+    markdown = (out / "data_efficiency.md").read_text()
+    assert "| model | params | 128 images | 256 images |" in markdown
+    vit = rows[("vit_cifar_4", 256)]
+    assert f"| vit_cifar_4 | 256 | 1 | 2 | {pct(vit['final_train_accuracy'])} |" in markdown
+    assert "warm-up 10 % of the steps" in markdown
+    saved = json.loads((out / "data_efficiency.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(record["rows"]))
+    assert saved["provenance"]["command"] == (
+        "cnnzoo experiment data-efficiency --models vit_cifar_4 --dataset "
+        f"fashion_mnist --sizes 128 256 --steps 2 --num-threads 1 -o {out}"
+    )
+
+
+@pytest.mark.slow
+def test_data_efficiency_reuses_runs_and_refuses_another_budget(efficiency_dir: dict) -> None:
+    from cnnzoo.experiments import run_data_efficiency
+
+    assert sum("finished run reused" in line for line in efficiency_dir["lines"]) == 2
+    assert efficiency_dir["again"]["rows"] == efficiency_dir["record"]["rows"]
+    options = {**efficiency_dir["options"], "steps": 4}
+    with pytest.raises(UsageError, match="another recipe .*epochs: 2 there, 4 now"):
+        run_data_efficiency(efficiency_dir["out"], log=lambda _: None, **options)

@@ -120,7 +120,14 @@ class Linearised(TorchFunctionMode):
 
 def averaging_copy(name: str) -> ZooModel:
     """The model with every convolution an average of its inputs (all weights 1/fan-in, no
-    bias) and batch norm the identity: positive paths only, so no gradient cancels."""
+    bias) and batch norm the identity: positive paths only, so no gradient cancels.
+
+    Families with layer norms (ConvNeXt, ViT) keep random weights instead: on the equal
+    channels of an averaging network a layer norm's output, and its gradient, would be zero.
+    """
+    if get_entry(name).family in ("convnext", "vit"):
+        torch.manual_seed(0)
+        return create_model(name).eval()
     model = meta(name).to_empty(device="cpu").eval()
     with torch.no_grad():
         for module in model.modules():
@@ -186,6 +193,8 @@ GRADIENT_CASES = [
     ("mobilenet_v2", "features.10", 224),
     ("mobilenet_v3_small", "features.6", 224),
     ("shufflenet_v2_x0_5", "stage3", 352),
+    ("convnext_cifar", "features.3", 128),  # 2x2 stem, 7x7 depthwise, channels-last MLPs
+    ("vit_cifar_4", "conv_proj", 32),  # the patch embedding (attention: see test_vit.py)
 ]
 
 

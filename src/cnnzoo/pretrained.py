@@ -78,6 +78,16 @@ _TORCHVISION_BUILD_OPTIONS: dict[str, dict[str, Any]] = {
     "inception_v3": {"transform_input": True, "aux_logits": True},
 }
 _AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def _weights_build_options(tv_name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Builder options a torchvision weight needs: the fixed ones above, and for a Vision
+    Transformer the image side its position embeddings were trained for (SWAG's end-to-end
+    weights: 384, 512 or 518 px), which torchvision's builder also takes from ``min_size``."""
+    options = dict(_TORCHVISION_BUILD_OPTIONS.get(tv_name, {}))
+    if tv_name.startswith("vit_"):
+        options["image_size"] = int(meta["min_size"][0])
+    return options
 _CHUNK = 1 << 16
 _TIMEOUT_S = 30.0
 
@@ -262,7 +272,7 @@ def _torchvision_specs(model: str, tv_name: str) -> list[WeightSpec]:
                 std=tuple(preset.std),
                 metrics=metrics,
                 file_size=round(size_mib * 2**20) if size_mib else None,
-                model_kwargs=dict(_TORCHVISION_BUILD_OPTIONS.get(tv_name, {})),
+                model_kwargs=_weights_build_options(tv_name, meta),
                 torchvision_weights=weights,
             )
         )

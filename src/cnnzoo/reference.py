@@ -20,6 +20,8 @@ NUMBERS = "NUMBERS.md"
 TORCHVISION = "torchvision 0.29.1 (measured with torch 2.14.1; NUMBERS.md)"
 RESNET_PAPER = "He et al. 2015, Deep Residual Learning"
 EFFICIENTNET_PAPER = "Tan & Le 2019, EfficientNet, Table 2"
+VIT_PAPER = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words, Table 1"
+CONVNEXT_PAPER = "Liu et al. 2022, A ConvNet for the 2020s, Table 1 (ImageNet-1K, 224 px)"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,27 @@ TORCHVISION_TABLE: tuple[tuple[str, int, float, int, float, float, int], ...] = 
     ("shufflenet_v2_x1_0", 2_278_604, 0.145, 224, 69.362, 88.316, 1),
     ("shufflenet_v2_x1_5", 3_503_624, 0.296, 224, 72.996, 91.086, 1),
     ("shufflenet_v2_x2_0", 7_393_996, 0.583, 224, 76.230, 93.006, 1),
+    # Vision Transformers at 224 px (their position embeddings fix the side: min = crop). The
+    # MACs count attention's two matrix products besides the projections, as torchvision's do.
+    # vit_h_14's only 224-px weights are SWAG_LINEAR_V1 (its DEFAULT, SWAG_E2E_V1, is 518 px:
+    # VIT_SWAG_E2E below).
+    ("vit_b_16", 86_567_656, 17.564, 224, 81.072, 95.318, 224),
+    ("vit_b_32", 88_224_232, 4.409, 224, 75.912, 92.466, 224),
+    ("vit_l_16", 304_326_632, 61.555, 224, 79.662, 94.638, 224),
+    ("vit_l_32", 306_535_400, 15.378, 224, 76.972, 93.070, 224),
+    ("vit_h_14", 632_045_800, 167.295, 224, 85.708, 97.730, 224),
+    ("convnext_tiny", 28_589_128, 4.456, 224, 82.520, 96.146, 32),
+    ("convnext_small", 50_223_688, 8.684, 224, 83.616, 96.650, 32),
+    ("convnext_base", 88_591_464, 15.355, 224, 84.062, 96.870, 32),
+    ("convnext_large", 197_767_336, 34.361, 224, 84.414, 96.976, 32),
+)
+
+# SWAG's end-to-end fine-tuned ViT weights are made at a bigger side, with as many more
+# position embeddings (torchvision's meta for those weights): name, side, params, GMACs.
+VIT_SWAG_E2E: tuple[tuple[str, int, int, float], ...] = (
+    ("vit_b_16", 384, 86_859_496, 55.484),
+    ("vit_l_16", 512, 305_174_504, 361.986),
+    ("vit_h_14", 518, 633_470_440, 1016.717),
 )
 
 # The torchvision row counts GoogLeNet and Inception-v3 without their auxiliary heads.
@@ -133,6 +156,17 @@ CIFAR_RESNET_TABLE: tuple[tuple[int, int, str], ...] = (
 
 # ResNet Table 1, "FLOPs" (multiply-adds) x 1e9, and torchvision's measured counts.
 RESNET_TABLE1_GMACS = {18: "1.8", 34: "3.6", 50: "3.8", 101: "7.6", 152: "11.3"}
+
+# ViT Table 1: parameters per model size, one figure for every patch size.
+VIT_TABLE1_PARAMS = {"b": "86", "l": "307", "h": "632"}
+
+# ConvNeXt Table 1: params (M) and FLOPs (B) at 224 px.
+CONVNEXT_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("tiny", "29", "4.5"),
+    ("small", "50", "8.7"),
+    ("base", "89", "15.4"),
+    ("large", "198", "34.4"),
+)
 
 # EfficientNet Table 2: params (M), FLOPs (B), and the paper's input side.
 EFFICIENTNET_TABLE: tuple[tuple[str, str, str, int], ...] = (
@@ -225,6 +259,48 @@ def _build() -> dict[str, Reference]:
             params=[_quoted(millions, 1e6, source=source, strict=False, note=note)],
             macs=[_quoted(billions, 1e9, source=source, input_size=side, strict=False, note=note)],
         )
+
+    for name, side, params, gmacs in VIT_SWAG_E2E:
+        swag = {
+            "source": f"{TORCHVISION}, IMAGENET1K_SWAG_E2E_V1",
+            "kwargs": (("image_size", side),),
+        }
+        add(
+            name,
+            params=[Figure(params, **swag)],
+            macs=[Figure(gmacs * 1e9, 0.0005e9, input_size=side, **swag)],
+        )
+
+    vit_note = (
+        "Table 1 quotes one count per model size for every patch size; the patch embedding "
+        "and the position embeddings (their number depends on the patch) make the difference"
+    )
+    for variant in ("b_16", "b_32", "l_16", "l_32", "h_14"):
+        millions = VIT_TABLE1_PARAMS[variant[0]]
+        add(
+            f"vit_{variant}",
+            params=[_quoted(millions, 1e6, source=VIT_PAPER, strict=False, note=vit_note)],
+            source=VIT_PAPER,
+        )
+
+    for size, millions, billions in CONVNEXT_TABLE:
+        add(
+            f"convnext_{size}",
+            params=[_quoted(millions, 1e6, source=CONVNEXT_PAPER)],
+            macs=[_quoted(billions, 1e9, source=CONVNEXT_PAPER, input_size=224)],
+        )
+
+    # The small-image models: counted (10 classes, RGB), so that a change to them shows.
+    add(
+        "vit_cifar_4",
+        params=[Figure(275_914, source="counted: patch 4, 8 blocks of width 64", num_classes=10)],
+        source="cnnzoo (after Dosovitskiy et al. 2021)",
+    )
+    add(
+        "convnext_cifar",
+        params=[Figure(237_874, source="counted: 2x2 stem, 24-48-96 x 2 blocks", num_classes=10)],
+        source="cnnzoo (after Liu et al. 2022)",
+    )
 
     add(
         "lenet5",

@@ -206,6 +206,11 @@ def load_weights(
     classifier_keys = _classifier_keys(model)
 
     state = dict(state)
+    # A model may know how older or differently sized checkpoints of its own kind map onto it
+    # (a ViT: legacy MLP keys, position embeddings for another image size).
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        adapt(state, target, report)
     _adapt_first_conv(model, state, target, report)
 
     mismatched = [k for k in state if k in target and state[k].shape != target[k].shape]

@@ -14,12 +14,22 @@ unpadded ones such as LeNet-5 or Inception-v3 the stretch is off by several pixe
 Every map comes back as an (N, H, W) tensor in [0, 1] on the input's grid: 1 is the most
 evidence for the target class in that image, 0 none (negative evidence is clipped, as in the
 Grad-CAM paper).
+
+Vision Transformers: a layer's tokens are read as a map of the patch tokens (the class token
+set aside), so Grad-CAM and Grad-CAM++ work on them as on a convolution's maps; the default layer
+is the input of the last attention block (the model's ``explain_layer``), since nothing after it
+carries the patch tokens to the class token. ``attention-rollout`` (Abnar & Zuidema 2020,
+"Quantifying Attention Flow in Transformers") is theirs alone: each block's attention, averaged
+over heads, plus the identity for the residual path and renormalised, multiplied through the
+blocks; the class token's row says how much each patch flowed into it. It is class-agnostic.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +52,13 @@ from torch import nn
 from cnnzoo.analysis.metrics import class_logits
 from cnnzoo.analysis.receptive_field import Axis, ReceptiveFieldError, receptive_field
 from cnnzoo.errors import UsageError
+from cnnzoo.models.features import map_to_tokens, tokens_to_map
 
 __all__ = [
     "LAYER_METHODS",
     "METHODS",
     "LayerGradCamPlusPlus",
+    "attention_rollout",
     "attribution_maps",
     "explanation_figure",
     "gradcam_maps",
@@ -54,8 +66,9 @@ __all__ = [
     "resolve_layer",
 ]
 
-METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion")
+METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion", "attention-rollout")
 LAYER_METHODS = ("gradcam", "gradcam++")  # the methods that read a layer's maps
+TOKEN_METHODS = ("attention-rollout",)  # Vision Transformers only
 
 
 class LayerGradCamPlusPlus(LayerAttribution, GradientAttribution):
@@ -110,6 +123,9 @@ def resolve_layer(model: nn.Module, layer: str | None = None) -> str:
     """``layer``, checked, or the model's deepest feature stage (what its head reads)."""
     info = getattr(model, "feature_info", None)
     if layer is None:
+        default = getattr(model, "explain_layer", None)
+        if default is not None:
+            return str(default)
         if info is None:
             raise UsageError("this model declares no feature stages: name a layer with --layer")
         return info[-1].module
@@ -143,8 +159,17 @@ def _layer_output_shape(model: nn.Module, layer: str, example: torch.Tensor) -> 
     return shapes[0]
 
 
+def _prefix_tokens(model: nn.Module) -> int | None:
+    """How many tokens precede a ViT's patch tokens; None for a model of maps."""
+    prefix = getattr(model, "num_prefix_tokens", None)
+    return int(prefix) if prefix is not None else None
+
+
 def _check_spatial_layer(model: nn.Module, layer: str, example: torch.Tensor, method: str) -> None:
     shape = _layer_output_shape(model, layer, example)
+    prefix = _prefix_tokens(model)
+    if prefix is not None and len(shape) == 3 and shape[1] - prefix > 1:
+        return  # a ViT's tokens: read as a map of its patches
     if len(shape) != 4 or shape[-1] * shape[-2] <= 1:
         info = getattr(model, "feature_info", None)
         stages = ", ".join(info.module_name()) if info is not None else "a convolutional layer"
@@ -220,12 +245,16 @@ def attribution_maps(
         return class_logits(model(x))
 
     size = (int(batch.shape[-2]), int(batch.shape[-1]))
+    if method in TOKEN_METHODS:
+        if layer is not None:
+            raise UsageError(f"--layer applies to {' and '.join(LAYER_METHODS)}, not to {method}")
+        return attention_rollout(model, batch)
     if method in LAYER_METHODS:
         name = resolve_layer(model, layer)
         _check_spatial_layer(model, name, batch, method)
-        module = model.get_submodule(name)
-        explainer = (LayerGradCam if method == "gradcam" else LayerGradCamPlusPlus)(scores, module)
-        coarse = explainer.attribute(batch, target=targets, relu_attributions=True)
+        kind = LayerGradCam if method == "gradcam" else LayerGradCamPlusPlus
+        with _layer_maps(model, name, batch) as module:
+            coarse = kind(scores, module).attribute(batch, target=targets, relu_attributions=True)
         try:
             axes = receptive_field(model, tuple(batch.shape[1:]))[name].field.axes
         except (ReceptiveFieldError, KeyError):
@@ -259,6 +288,85 @@ def attribution_maps(
             perturbations_per_eval=16,
         )
     return _normalise(attribution.detach().float().sum(dim=1))
+
+
+class _TokenMap(nn.Identity):
+    """Where a ViT layer's tokens pass as a map: the module Captum's layer methods hook."""
+
+
+@contextmanager
+def _layer_maps(model: nn.Module, name: str, batch: torch.Tensor) -> Iterator[nn.Module]:
+    """The module whose output is ``name``'s maps: the layer itself, or for a ViT's token layer
+    a stand-in that its tokens pass through as a map of the patches (values unchanged)."""
+    module = model.get_submodule(name)
+    prefix = _prefix_tokens(model)
+    if prefix is None or len(_layer_output_shape(model, name, batch)) != 3:
+        yield module
+        return
+    probe = _TokenMap()
+
+    def as_map(_module: nn.Module, _inputs: Any, tokens: torch.Tensor) -> torch.Tensor:
+        return map_to_tokens(probe(tokens_to_map(tokens, prefix)), tokens[:, :prefix])
+
+    handle = module.register_forward_hook(as_map)
+    try:
+        yield probe
+    finally:
+        handle.remove()
+
+
+def attention_rollout(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020) of a Vision Transformer: (N, H, W) in [0, 1].
+
+    Every block's attention weights A (N, L, L), averaged over heads, become 0.5·A + 0.5·I (the
+    residual connection carries each token on), and their product over the blocks, first block
+    rightmost, says how much of each input token reached each output token; the class token's
+    row over the patch tokens is the map, placed on the image at the patches' centres.
+    """
+    prefix = _prefix_tokens(model)
+    blocks = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    if prefix is None or not blocks:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise UsageError(
+            f"attention-rollout needs a Vision Transformer (self-attention over patch tokens); "
+            f"{name} has none: use gradcam, gradcam++, integrated-gradients or occlusion"
+        )
+    weights: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
+        # The model asks for no weights (faster); the same attention is run again for them.
+        query, key, value = (
+            args[i] if len(args) > i else kwargs[name]
+            for i, name in enumerate(("query", "key", "value"))
+        )
+        _, attention = nn.MultiheadAttention.forward(
+            module, query, key, value, need_weights=True, average_attn_weights=True
+        )
+        weights.append(attention.detach())
+
+    model.eval()
+    handles = [m.register_forward_hook(keep, with_kwargs=True) for m in blocks]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tokens = weights[0].shape[-1]
+    eye = torch.eye(tokens, dtype=weights[0].dtype, device=weights[0].device)
+    flow = eye.expand(batch.shape[0], tokens, tokens)
+    for attention in weights:
+        flow = (0.5 * attention + 0.5 * eye) @ flow
+    patches = flow[:, 0, prefix:]
+    side = math.isqrt(patches.shape[-1])
+    coarse = patches.reshape(-1, 1, side, side).float()
+    embed = getattr(model, "first_conv", None)
+    try:
+        axes = receptive_field(model, tuple(batch.shape[1:]))[embed].field.axes if embed else None
+    except (ReceptiveFieldError, KeyError):
+        axes = None
+    size = (int(batch.shape[-2]), int(batch.shape[-1]))
+    return _normalise(place_on_input(coarse, size, axes)[:, 0])
 
 
 def gradcam_maps(

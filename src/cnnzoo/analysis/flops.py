@@ -4,6 +4,11 @@ A multiply-add (MAC) is one multiplication plus one addition, i.e. two FLOPs in 
 convention; papers that quote "FLOPs" for CNNs (ResNet, SE-Net, EfficientNet) mean MACs.
 Counting on the meta device allocates nothing and computes nothing, so even EfficientNet-B7 at
 600 px is counted instantly, and a model built under ``torch.device("meta")`` can be counted.
+
+Attention counts its two matrix products (QK^T and the weighted sum of V) besides its
+projections, on every device: the analysis passes take ``nn.MultiheadAttention``'s ordinary path
+(its fused CPU kernel has no flop formula), and CPU's fused scaled-dot-product attention is given
+the formula torch uses for the CUDA kernels.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,6 +37,35 @@ class MacCount:
 
     total: int
     by_module: dict[str, int] = field(default_factory=dict)
+
+
+def _count_cpu_attention() -> None:
+    """Give CPU's fused attention kernel torch's own attention formula, once (torch counts only
+    the CUDA kernels and the meta device's decomposition into batched matrix products)."""
+    target = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if target is None or target in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(target)
+    def cpu_attention_flops(
+        query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any
+    ) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_count_cpu_attention()
+
+
+@contextmanager
+def attention_unfused() -> Iterator[None]:
+    """``nn.MultiheadAttention`` through its ordinary path (projections and scaled-dot-product
+    attention, each visible to counters and tracers) instead of its fused inference kernel."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def resolve_input_size(model: nn.Module, input_size: InputSize | None) -> tuple[int, ...]:
@@ -124,7 +159,9 @@ def _forward_on(
     else:
         x = torch.zeros((1, *example), device=target)
     fast_meta = _MetaShortcuts() if target.type == "meta" else _nothing()
-    with eval_mode(model), torch.no_grad(), fast_meta, context() if context else _nothing():
+    with eval_mode(model), torch.no_grad(), attention_unfused(), fast_meta, (
+        context() if context else _nothing()
+    ):
         if target == home:
             return model(x)
         with _swapped_tensors(model, target):

@@ -158,6 +158,12 @@ def compare_with_torchvision(entry: ModelEntry, *, input_size: int | None = None
         # Aux heads must match on both sides for a strict load.
         kwargs["aux_logits"] = any(key.startswith(("aux", "Aux")) for key in zoo.state_dict())
     tv = torchvision.models.get_model(entry.torchvision_name, **kwargs)
+    # Tensors initialised to zero (a ViT's head) would hide whatever reads them: an all-zero
+    # head gives all-zero outputs on both sides.
+    with torch.no_grad():
+        for param in tv.parameters():
+            if not param.any():
+                param.normal_(std=0.02)
     try:
         zoo.load_state_dict(tv.state_dict(), strict=True)
         side = input_size or max(zoo.min_input_size, 64)

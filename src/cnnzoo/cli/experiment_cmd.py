@@ -11,6 +11,7 @@ EPILOG = """examples:
   cnnzoo experiment degradation --epochs 20 --depths 20 56 -o runs/degradation
   cnnzoo experiment degradation --resume -o runs/degradation    # after an interruption
   cnnzoo experiment zoo-table --models lenet5 resnet20 mobilenet_v2 --epochs 5 -o runs/zoo
+  cnnzoo experiment data-efficiency --sizes 1000 5000 20000 60000 --steps 3752 -o runs/data-eff
 """
 
 
@@ -26,12 +27,13 @@ def _subset(text: str) -> int | None:
 
 
 def register(subparsers: Any) -> None:
-    from cnnzoo.experiments import degradation, zoo_table
+    from cnnzoo.experiments import data_efficiency, degradation, zoo_table
     from cnnzoo.experiments.runs import DEFAULT_SUBSET
 
     p = subparsers.add_parser(
         "experiment",
-        help="reproduce a claim of the notes (degradation, zoo-table); `experiment list`",
+        help="reproduce a claim of the notes (degradation, zoo-table, data-efficiency); "
+        "`experiment list`",
         description=(
             "Run an experiment: its sub-runs are ordinary run directories under OUTPUT (finished "
             "ones are reused; --resume continues unfinished ones), and it writes a markdown "
@@ -43,7 +45,9 @@ def register(subparsers: Any) -> None:
     which = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     which.add_parser("list", help="the experiments, what each reproduces, how long it takes")
 
-    def common(q: argparse.ArgumentParser, default_dir: str, default_epochs: int) -> None:
+    def common(q: argparse.ArgumentParser, default_dir: str, default_epochs: int | None) -> None:
+        """The options every experiment takes (--epochs and --subset: those counting epochs
+        on one subset; ``default_epochs`` None leaves them out)."""
         q.add_argument(
             "--dataset",
             "-d",
@@ -51,20 +55,21 @@ def register(subparsers: Any) -> None:
             help="fashion_mnist (default), mnist, cifar10",
         )
         q.add_argument("--data-dir", help="where the dataset lives (default: the usual places)")
-        q.add_argument(
-            "--epochs",
-            type=_int,
-            default=default_epochs,
-            help=f"epochs per sub-run (default {default_epochs})",
-        )
-        q.add_argument(
-            "--subset",
-            type=_subset,
-            default=DEFAULT_SUBSET,
-            metavar="N|all",
-            help="train on a class-balanced N training images, test on at most N "
-            f"(default {DEFAULT_SUBSET}; all: the whole dataset)",
-        )
+        if default_epochs is not None:
+            q.add_argument(
+                "--epochs",
+                type=_int,
+                default=default_epochs,
+                help=f"epochs per sub-run (default {default_epochs})",
+            )
+            q.add_argument(
+                "--subset",
+                type=_subset,
+                default=DEFAULT_SUBSET,
+                metavar="N|all",
+                help="train on a class-balanced N training images, test on at most N "
+                f"(default {DEFAULT_SUBSET}; all: the whole dataset)",
+            )
         q.add_argument(
             "--resume", action="store_true", help="continue unfinished sub-runs in OUTPUT"
         )
@@ -119,11 +124,46 @@ def register(subparsers: Any) -> None:
         default=zoo_table.INFER_BATCH,
         help=f"batch for the inference speed (default {zoo_table.INFER_BATCH})",
     )
+    eff = which.add_parser(
+        "data-efficiency",
+        help="test accuracy against training-set size: ResNet-20 vs a small ViT and ConvNeXt "
+        "(Dosovitskiy et al. 2021, Fig. 3 and 4)",
+        description=data_efficiency.__doc__,
+    )
+    common(eff, "runs/data-efficiency", None)
+    eff.add_argument(
+        "--models",
+        nargs="+",
+        default=list(data_efficiency.DEFAULT_MODELS),
+        metavar="MODEL",
+        help=f"default: {' '.join(data_efficiency.DEFAULT_MODELS)}",
+    )
+    eff.add_argument(
+        "--sizes",
+        type=_int,
+        nargs="+",
+        default=list(data_efficiency.DEFAULT_SIZES),
+        metavar="N",
+        help="training-set sizes, class-balanced (default "
+        f"{' '.join(map(str, data_efficiency.DEFAULT_SIZES))})",
+    )
+    eff.add_argument(
+        "--steps",
+        type=_int,
+        default=data_efficiency.DEFAULT_STEPS,
+        help="optimizer steps per sub-run, the same for every size (default "
+        f"{data_efficiency.DEFAULT_STEPS}: 8 epochs of 60,000 images at batch 128)",
+    )
     p.set_defaults(run=run_experiment)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from cnnzoo.experiments import list_experiments, run_degradation, run_zoo_table
+    from cnnzoo.experiments import (
+        list_experiments,
+        run_data_efficiency,
+        run_degradation,
+        run_zoo_table,
+    )
     from cnnzoo.experiments.runs import CALIBRATION
 
     if args.experiment == "list":
@@ -136,14 +176,18 @@ def run_experiment(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(
         dataset=args.dataset,
         data_dir=args.data_dir,
-        epochs=args.epochs,
-        subset=args.subset,
         resume=args.resume,
         num_threads=args.num_threads,
         quiet=args.quiet,
     )
+    if args.experiment != "data-efficiency":
+        options.update(epochs=args.epochs, subset=args.subset)
     try:
-        if args.experiment == "degradation":
+        if args.experiment == "data-efficiency":
+            run_data_efficiency(
+                args.output_dir, models=args.models, sizes=args.sizes, steps=args.steps, **options
+            )
+        elif args.experiment == "degradation":
             run_degradation(args.output_dir, depths=args.depths, schedule=args.schedule, **options)
         else:
             progress = not args.quiet and sys.stderr.isatty()

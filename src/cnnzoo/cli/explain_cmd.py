@@ -14,7 +14,7 @@ from cnnzoo.cli.options import add_source_arguments, positive_int
 from cnnzoo.errors import UsageError
 from cnnzoo.train.hardware import resolve_device
 
-METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion")
+METHODS = ("gradcam", "gradcam++", "integrated-gradients", "occlusion", "attention-rollout")
 
 # preprocess(uint8 (C, H, W) image) -> (model input (C, H', W') float, the uint8 image as fed)
 Preprocess = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -27,8 +27,10 @@ def register(subparsers: Any) -> None:
         description=(
             "For each image, write a PNG with the image, a heat map of the evidence for the "
             "target class over it, and the top-k classes. Grad-CAM and Grad-CAM++ read a layer "
-            "(default: the model's deepest feature stage); integrated gradients and occlusion "
-            "attribute to pixels."
+            "(default: the model's deepest feature stage; for a Vision Transformer the input of "
+            "its last attention, its tokens read as a map); integrated gradients and occlusion "
+            "attribute to pixels; attention-rollout (Vision Transformers only) follows the "
+            "attention from the patches to the class token."
         ),
     )
     add_source_arguments(p)

@@ -61,12 +61,19 @@ def run_export(args: argparse.Namespace) -> int:
     by_name = args.source in list_models()
     if not by_name and args.num_classes is not None:
         raise UsageError("--num-classes is for a model given by name; a run has its own")
+    options: dict[str, Any] = {}
+    if by_name and size is not None:
+        # A Vision Transformer is built for the asked side (named weights are interpolated).
+        from cnnzoo.train.planning import side_options
+
+        options = side_options(args.source, size[0], size[1], size[2], options)
     loaded = load_model(
         args.source,
         args.weights,
         num_classes=args.num_classes if by_name else None,
         in_chans=size[0] if size and by_name and args.weights is None else None,
         need_module="export",
+        model_kwargs=options,
     )
     if size is None:
         size = (loaded.channels, *loaded.input_size)

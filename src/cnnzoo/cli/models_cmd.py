@@ -264,9 +264,13 @@ def run_summary(args: argparse.Namespace) -> int:
         in_chans = size[0]
     if args.source in list_models() and args.weights is None:
         # A bare name: built on the meta device (no memory), with the model's own defaults.
-        kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": in_chans}
-        if args.small_input:
-            kwargs["small_input"] = True
+        options: dict[str, Any] = {"small_input": True} if args.small_input else {}
+        if size is not None:
+            # A Vision Transformer is built for the asked side, as training builds it.
+            from cnnzoo.train.planning import side_options
+
+            options = side_options(args.source, in_chans or 3, *size[-2:], options)
+        kwargs = {"num_classes": args.num_classes, "in_chans": in_chans, **options}
         with torch.device("meta"):
             try:
                 model = get_entry(args.source).builder(**kwargs)

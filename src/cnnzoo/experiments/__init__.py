@@ -5,9 +5,21 @@ reuses the finished ones, continues unfinished ones when asked (``resume=True``)
 markdown table, a figure and a JSON record that names the command, the machine and the date.
 """
 
-from cnnzoo.experiments import degradation, zoo_table  # noqa: F401  (they register themselves)
+from cnnzoo.experiments import (  # noqa: F401  (they register themselves)
+    data_efficiency,
+    degradation,
+    zoo_table,
+)
+from cnnzoo.experiments.data_efficiency import run_data_efficiency
 from cnnzoo.experiments.degradation import run_degradation
 from cnnzoo.experiments.registry import Experiment, get_experiment, list_experiments
 from cnnzoo.experiments.zoo_table import run_zoo_table
 
-__all__ = ["Experiment", "get_experiment", "list_experiments", "run_degradation", "run_zoo_table"]
+__all__ = [
+    "Experiment",
+    "get_experiment",
+    "list_experiments",
+    "run_data_efficiency",
+    "run_degradation",
+    "run_zoo_table",
+]

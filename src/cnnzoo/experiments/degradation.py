@@ -35,6 +35,7 @@ from cnnzoo.experiments.runs import (
     provenance_lines,
     subset_data_dir,
     train_subrun,
+    write_results,
 )
 from cnnzoo.train import TrainConfig
 
@@ -302,9 +303,7 @@ def run_degradation(
     from cnnzoo.analysis.experiment_plots import plot_degradation
 
     plot_degradation(record["curves"], output_dir / "degradation.png")
-    (output_dir / "degradation.md").write_text(_markdown(record))
-    (output_dir / "degradation.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote degradation.md, degradation.png and degradation.json in {output_dir}/")
+    write_results(output_dir, "degradation", record, _markdown(record), log)
     return record
 
 

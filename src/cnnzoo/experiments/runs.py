@@ -47,6 +47,7 @@ __all__ = [
     "read_history",
     "subset_data_dir",
     "train_subrun",
+    "write_results",
 ]
 
 # Fields of a run's config.json that do not change what the run computes: a finished sub-run
@@ -166,19 +167,25 @@ _WRITERS: dict[str, Callable[[Path, Any, Any, list[str]], None]] = {
 
 
 def subset_data_dir(
-    dataset: str, size: int, root: str | Path, *, data_dir: str | Path | None = None
+    dataset: str,
+    size: int,
+    root: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    full_test: bool = False,
 ) -> Path:
     """A directory holding ``size`` training and ``min(size, test size)`` test images of
-    ``dataset`` in its own file format, so that ``--data-dir`` of any run (and its resume, and
-    ``cnnzoo evaluate``) finds exactly that subset.
+    ``dataset`` (with ``full_test``, the whole test split) in its own file format, so that
+    ``--data-dir`` of any run (and its resume, and ``cnnzoo evaluate``) finds exactly that subset.
 
     Each class keeps its share to within one image (a seeded stratified cut, seed 0). The
-    directory, ``root/DATASET-subsetSIZE``, is written once (atomically) and reused.
+    directory, ``root/DATASET-subsetSIZE`` (``…-fulltest`` with the whole test split), is written
+    once (atomically) and reused.
     """
     from cnnzoo.data import TensorSplit, load_dataset
     from cnnzoo.data.splits import stratified_order
 
-    target = Path(root) / f"{dataset}-subset{size}"
+    target = Path(root) / f"{dataset}-subset{size}{'-fulltest' if full_test else ''}"
     if target.is_dir():
         return target.resolve()
     bundle = load_dataset(dataset, data_dir=data_dir, val_split=0.0)
@@ -191,7 +198,8 @@ def subset_data_dir(
         keep = np.sort(stratified_order(split.labels.numpy(), seed=0)[:count])
         return TensorSplit(split.images[keep], split.labels[keep])
 
-    train, test = cut(bundle.train, size), cut(bundle.test, min(size, len(bundle.test)))
+    tested = len(bundle.test) if full_test else min(size, len(bundle.test))
+    train, test = cut(bundle.train, size), cut(bundle.test, tested)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -381,6 +389,16 @@ def provenance_lines(record: dict[str, Any]) -> list[str]:
         "",
         *(f"- {line}" for line in header(record["machine"]).splitlines()),
     ]
+
+
+def write_results(
+    output_dir: Path, stem: str, record: dict[str, Any], markdown: str, log: Callable[[str], None]
+) -> None:
+    """``STEM.md`` and ``STEM.json`` (the record) beside the figure ``STEM.png``, and a line
+    saying so."""
+    (output_dir / f"{stem}.md").write_text(markdown)
+    (output_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {stem}.md, {stem}.png and {stem}.json in {output_dir}/")
 
 
 def markdown_table(

@@ -34,6 +34,7 @@ from cnnzoo.experiments.runs import (
     provenance_lines,
     subset_data_dir,
     train_subrun,
+    write_results,
 )
 from cnnzoo.train import TrainConfig
 
@@ -389,9 +390,7 @@ def run_zoo_table(
     from cnnzoo.analysis.plots import plot_accuracy_vs_macs
 
     plot_accuracy_vs_macs(rows, output_dir / "zoo_table.png")
-    (output_dir / "zoo_table.md").write_text(_markdown(record))
-    (output_dir / "zoo_table.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote zoo_table.md, zoo_table.png and zoo_table.json in {output_dir}/")
+    write_results(output_dir, "zoo_table", record, _markdown(record), log)
     return record
 
 

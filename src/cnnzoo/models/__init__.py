@@ -2,6 +2,7 @@
 
 from cnnzoo.models import (  # noqa: F401  (each import registers its builders)
     alexnet,
+    convnext,
     efficientnet,
     inception,
     lenet,
@@ -10,6 +11,7 @@ from cnnzoo.models import (  # noqa: F401  (each import registers its builders)
     resnet_cifar,
     shufflenet,
     vgg,
+    vit,
 )
 from cnnzoo.models.base import ZooModel
 

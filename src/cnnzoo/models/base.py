@@ -80,25 +80,27 @@ class ZooModel(nn.Module):
                 f"{x.shape[1]} channels; build it with in_chans={x.shape[1]}"
             )
         height, width = int(x.shape[-2]), int(x.shape[-1])
-        if min(height, width) < self.min_input_size:
-            hint = (
-                " or build it with small_input=True"
-                if getattr(self, "supports_small_input", False)
-                else ""
-            )
+        fixed = self.fixed_input_size
+        # A network whose one side is also its least (a Vision Transformer) is told "exactly".
+        if min(height, width) < self.min_input_size and fixed != self.min_input_size:
             raise ValueError(
                 f"{self.model_name} needs inputs of at least "
                 f"{self.min_input_size}x{self.min_input_size} pixels, got {height}x{width}; "
-                f"resize the images to at least {self.min_input_size} pixels{hint}"
+                f"resize the images to at least {self.min_input_size} pixels"
+                + self.rebuild_hint(height, width)
             )
-        if self.fixed_input_size is not None and (height, width) != (
-            self.fixed_input_size,
-            self.fixed_input_size,
-        ):
+        if fixed is not None and (height, width) != (fixed, fixed):
             raise ValueError(
-                f"{self.model_name} takes exactly {self.fixed_input_size}x"
-                f"{self.fixed_input_size} inputs, got {height}x{width}; resize the images"
+                f"{self.model_name} takes exactly {fixed}x{fixed} inputs, got {height}x{width}; "
+                "resize the images" + self.rebuild_hint(height, width)
             )
+
+    def rebuild_hint(self, height: int, width: int) -> str:
+        """How to build this network for ``height`` x ``width`` inputs instead, if a builder
+        option does it (the end of check_input's message)."""
+        if getattr(self, "supports_small_input", False):
+            return " or build it with small_input=True"
+        return ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -14,10 +14,16 @@ chosen stage: nothing past it is computed or kept, the classifier is gone, and t
 parameters keep their names (so a checkpoint of the full model loads into it with
 ``strict=False``). Modules whose forward depends on the training flag (batch norm, dropout,
 stochastic depth) stay whole modules in the graph, so ``train()``/``eval()`` work as usual.
+
+A Vision Transformer's stages output sequences of tokens, (N, prefix + h·w, C) with the class
+token first; its backbone returns them as maps, (N, C, h, w) of the patch tokens
+(:func:`tokens_to_map`), as timm's ViT backbones do. Such a model says how many tokens precede
+the patches in ``num_prefix_tokens`` (timm's name).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, overload
@@ -34,6 +40,8 @@ __all__ = [
     "FeatureStage",
     "feature_extractor",
     "last_at_each_reduction",
+    "map_to_tokens",
+    "tokens_to_map",
 ]
 
 
@@ -132,6 +140,22 @@ def last_at_each_reduction(layers: Iterable[tuple[str, int, int]]) -> FeatureInf
         reduction *= stride
         stages[reduction] = FeatureStage(module, channels, reduction)
     return FeatureInfo(stages.values())
+
+
+def tokens_to_map(tokens: torch.Tensor, prefix: int) -> torch.Tensor:
+    """(N, prefix + h·w, C) tokens -> (N, C, h, w): the patch tokens as a map (a square grid,
+    read row by row as a ViT's patches are); the ``prefix`` tokens (class token) are dropped."""
+    patches = tokens[:, prefix:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+    return patches.transpose(1, 2).unflatten(2, (side, side))
+
+
+def map_to_tokens(maps: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`tokens_to_map`: (N, C, h, w) and the (N, prefix, C) tokens in front
+    -> (N, prefix + h·w, C)."""
+    return torch.cat([prefix_tokens, maps.flatten(2).transpose(1, 2)], dim=1)
 
 
 def _is_torch_layer(module: nn.Module) -> bool:
@@ -238,8 +262,16 @@ def feature_extractor(
     missing = [name for name in names if name not in tracer.outputs]
     if missing:
         raise ValueError(f"stage modules {missing} are not called by forward_features")
+    outputs = [tracer.outputs[name] for name in names]
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if prefix is not None:  # token sequences: return the patch tokens as maps
+        converted = []
+        for node in outputs:
+            with graph.inserting_after(node):
+                converted.append(graph.call_function(tokens_to_map, (node, prefix)))
+        outputs = converted
     output = next(node for node in graph.nodes if node.op == "output")
-    output.args = ([tracer.outputs[name] for name in names],)
+    output.args = (outputs,)
     net = FeatureNet(model, graph, class_name="FeatureNet")
     # Drop everything after the last chosen stage (the head, deeper stages) and its modules.
     net.graph.eliminate_dead_code()

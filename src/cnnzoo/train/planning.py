@@ -17,6 +17,7 @@ __all__ = [
     "make_loaders",
     "plan_input",
     "plan_run",
+    "side_options",
 ]
 
 # Images up to this side get the small-input stem where a model has one: an ImageNet stem
@@ -138,8 +139,10 @@ def plan_input(
     the option was not given and ``small_input`` allows it (starting from weights made for the
     ImageNet stem, it does not). Batches are resized to ``image_size`` when given, else only
     when the model cannot take the stored size: to its fixed size or to the multiple of 32 at or
-    above its minimum. An auxiliary classifier that cannot train at the planned size (Inception-v3
-    below 299 px) is left out. The plan is made on the meta device, so nothing is allocated.
+    above its minimum. A Vision Transformer is built for the images' side instead (a multiple
+    of its patch; again not when starting from weights). An auxiliary classifier that cannot
+    train at the planned size (Inception-v3 below 299 px) is left out. The plan is made on the
+    meta device, so nothing is allocated.
     """
     kwargs, side, note = _plan_size(model_name, num_classes, channels, image_hw, model_kwargs,
                                     image_size, small_input, files)  # fmt: skip
@@ -186,6 +189,9 @@ def _plan_size(
             note = f"{model_name} built with small_input=True for {stored}"
             resized = f"; {resizing(resize)}" if resize else ""
             return small_kwargs, resize, note + resized
+    fitted = _fit_image_size(model, model_name, image_hw, model_kwargs, image_size, small_input)
+    if fitted is not None:
+        return fitted
     if image_size is not None:
         if not _accepts(model, channels, image_size, image_size):
             raise UsageError(
@@ -210,6 +216,58 @@ def _plan_size(
         resize,
         f"{model_name} needs {'exactly' if model.fixed_input_size else 'at least'} "
         f"{model.fixed_input_size or model.min_input_size} px; {resizing(resize)}",
+    )
+
+
+def side_options(
+    model_name: str, channels: int, height: int, width: int, model_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``model_kwargs`` with the option that builds ``model_name`` for ``height`` x ``width``
+    inputs where its side is a builder option (a Vision Transformer's ``image_size``: its
+    position embeddings fix the side); unchanged for every other model, or when that side is
+    already the model's. Sides it cannot be built for are a UsageError."""
+    model = _build_on_meta(model_name, 1, channels, model_kwargs)
+    if not getattr(type(model), "supports_image_size", False) or "image_size" in model_kwargs:
+        return model_kwargs
+    if (height, width) == (model.fixed_input_size, model.fixed_input_size):
+        return model_kwargs
+    if height != width:
+        raise UsageError(
+            f"{model_name} takes square images (its position embeddings are a square grid of "
+            f"patches), got {height}x{width}"
+        )
+    options = {**model_kwargs, "image_size": height}
+    try:
+        _build_on_meta(model_name, 1, channels, options)
+    except ValueError as exc:
+        raise UsageError(f"{model_name}: {exc}") from None
+    return options
+
+
+def _fit_image_size(
+    model: Any,
+    model_name: str,
+    image_hw: tuple[int, int],
+    model_kwargs: dict[str, Any],
+    image_size: int | None,
+    adapt: bool,
+) -> tuple[dict[str, Any], int | None, str] | None:
+    """A model built for one input side that can be built for any multiple of its patch (a
+    Vision Transformer: its position embeddings fix the side) is built for the images' side
+    (or ``image_size``), rounded up to a multiple of the patch, rather than fed resized images.
+    Not when ``image_size`` is among the model options already, nor when starting from weights
+    (``adapt`` False): those were made at their own side."""
+    if not (adapt and getattr(type(model), "supports_image_size", False)):
+        return None
+    if "image_size" in model_kwargs:
+        return None
+    height, width = image_hw
+    patch = int(model.patch_size)
+    side = patch * math.ceil((image_size or max(height, width)) / patch)
+    resize = None if (height, width) == (side, side) else side
+    note = f"{model_name} built with image_size={side} for {height}x{width} images"
+    return {**model_kwargs, "image_size": side}, resize, note + (
+        f", resized to {side}x{side}" if resize else ""
     )
 
 
