@@ -218,7 +218,6 @@ def test_catalogue_rows_carry_served_latency(explorer) -> None:
     assert answer["total"] == len(list_models()) == 77 and len(answer["rows"]) == 3
     assert set(answer["presets"]) == {"fast inference", "high accuracy", "learning",
                                       "memory limited"}  # fmt: skip
-
     rows = run(explorer.catalogue(list_models().index("resnet20") - 1, 3))["rows"]
     served = [row for row in rows if row["served"]]
     assert [row["name"] for row in served] == ["resnet20"] and served[0]["latency_ms"] == 1.5
