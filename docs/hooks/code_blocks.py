@@ -41,7 +41,7 @@ FIGURES = DOCS / "figures"
 RECORDS = FIGURES / "_runs"
 RUN_LANGUAGES = ("python", "bash")
 LISTING_LANGUAGES = ("text",)
-SHOWN_LINES = 30  # longer outputs keep their first and last lines
+SHOWN_LINES = 40  # longer outputs keep their first and last lines
 BASH_TIMEOUT_S = 900
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
@@ -211,7 +211,7 @@ def _inside(folder: Path) -> Iterator[dict[str, str]]:
 
 
 def _shown(text: str) -> str:
-    lines = text.rstrip().splitlines()
+    lines = [line.rstrip() for line in text.rstrip().splitlines()]
     if len(lines) <= SHOWN_LINES:
         return "\n".join(lines)
     head, tail = 8, SHOWN_LINES - 9
