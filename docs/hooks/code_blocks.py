@@ -83,7 +83,9 @@ def _parse_info(info: str, where: str) -> tuple[str, tuple[str, ...], tuple[tupl
     if not info.startswith("{"):
         words = info.split()
         if len(words) > 1:
-            raise DocsCodeError(f"{where}: write options as {{ .{words[0]} .no-run }}, got {info!r}")
+            raise DocsCodeError(
+                f"{where}: write options as {{ .{words[0]} .no-run }}, got {info!r}"
+            )
         return (words[0] if words else ""), (), ()
     if not info.endswith("}"):
         raise DocsCodeError(f"{where}: unclosed '{{' in the fence's info string {info!r}")
