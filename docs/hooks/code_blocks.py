@@ -74,8 +74,9 @@ class Block:
         return self.runs and "no-output" not in self.classes
 
     def signature(self) -> tuple[str, tuple[str, ...], str]:
-        """What must be the same on a page and its translation (titles may be translated)."""
-        return self.lang, self.classes, self.code
+        """What must be the same on a page and its translation: the code (titles and the words of
+        a ``text`` listing may be translated, but not its place among the blocks)."""
+        return self.lang, self.classes, "" if self.lang in LISTING_LANGUAGES else self.code
 
 
 def _parse_info(info: str, where: str) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]:
