@@ -5,6 +5,7 @@ then shows), the command-line reference covers every command, and nothing loads 
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 import sys
 from pathlib import Path
@@ -77,6 +78,20 @@ def test_nav_lists_every_page() -> None:
     assert not unlisted, f"pages missing from mkdocs.yml's nav: {unlisted}"
 
 
+@pytest.fixture(scope="module")
+def fashion_mnist() -> None:
+    """The pages train on Fashion-MNIST; CI has Debian's package, so it never skips there."""
+    from cnnzoo.data import load_dataset
+    from cnnzoo.errors import DataError
+
+    try:
+        load_dataset("fashion_mnist", val_split=0)
+    except DataError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
 def _is_png(path: Path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
@@ -87,7 +102,7 @@ def _is_png(path: Path) -> tuple[int, int]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("page", code_blocks.pages_with_code(),
                          ids=lambda p: str(p.relative_to(DOCS)))  # fmt: skip
-def test_page_code_runs(page: Path) -> None:
+def test_page_code_runs(page: Path, fashion_mnist: None) -> None:
     run = code_blocks.run_page(page)  # raises with the page and line of a failing block
     blocks = code_blocks.check_page(page)
     assert run.outputs, "a page's code should show something"
