@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (set up, train and evaluate the default model) and `make test`.
 # Both create .venv and install what they need; running them again only redoes what changed.
+# `make docs` builds the course and reference site into site/; `make docs-serve` previews it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,13 +9,13 @@ STAMP := $(VENV)/.cnnzoo-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 RUN ?= runs/demo
 
-.PHONY: demo test lint data browser setup clean
+.PHONY: demo test lint data browser setup clean docs docs-serve
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test,export,openvino]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,openvino,docs]'
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist package holds the original IDX files; install it where apt works.
@@ -50,10 +51,21 @@ demo: $(STAMP) data
 	$(BIN)/cnnzoo train --model lenet5 --dataset fashion_mnist --output-dir $(RUN) --overwrite
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks examples
 
+# The tests run every page's code (tests/test_docs.py) and record its outputs and figures in
+# docs/figures/, so the site build after them reuses that run instead of repeating it.
 test: $(STAMP) data browser lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+export NO_MKDOCS_2_WARNING := 1
+
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/python -m mkdocs serve
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site docs/figures
