@@ -500,3 +500,30 @@ def test_empty_and_one_class_folders_are_errors(tmp_path: Path) -> None:
         load_dataset(f"imagefolder:{tmp_path}")
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def test_folder_loaders_decode_in_process_once_openvino_is_loaded(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """OpenVINO's threads do not survive fork: forked DataLoader workers crashed the parent."""
+    import sys
+    import types
+
+    import cnnzoo.data.loader as loader_module
+    from cnnzoo.data.folder import DataWarning
+
+    for index, name in enumerate(("red", "green")):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            pixels = np.zeros((12, 12, 3), dtype=np.uint8)
+            pixels[..., index] = 200 + i
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    bundle = load_dataset(f"imagefolder:{tmp_path}", image_size=12)
+    assert loader_module.fork_safe_workers(3) == 3
+    monkeypatch.setitem(sys.modules, "openvino", types.ModuleType("openvino"))
+    monkeypatch.setattr(loader_module, "_warned_openvino_fork", [])
+    loader = make_loader(bundle, "train", batch_size=8, train=False, num_workers=2)
+    with pytest.warns(DataWarning, match="OpenVINO is loaded"):
+        batches = list(loader)
+    assert sum(len(labels) for _, labels in batches) == len(bundle.train)
+    assert loader_module.fork_safe_workers(3) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -272,6 +273,26 @@ class _FolderDataset(Dataset):
         return image, self.labels[index], ok
 
 
+def fork_safe_workers(num_workers: int) -> int:
+    """``num_workers``, or 0 (decode in this process) once OpenVINO is loaded here: its thread
+    pool does not survive fork, and forked DataLoader workers then crashed the parent process
+    (a segfault in about half of the test runs that used OpenVINO before an image folder)."""
+    if num_workers and "openvino" in sys.modules:
+        if not _warned_openvino_fork:
+            _warned_openvino_fork.append(True)
+            warnings.warn(
+                "OpenVINO is loaded in this process, which does not survive fork: image files "
+                "are decoded in this process instead of DataLoader workers",
+                DataWarning,
+                stacklevel=3,
+            )
+        return 0
+    return num_workers
+
+
+_warned_openvino_fork: list[bool] = []
+
+
 class FolderBatchLoader(BatchLoader):
     """Image-folder split: decode with PIL and transforms v2 in DataLoader workers."""
 
@@ -291,7 +312,7 @@ class FolderBatchLoader(BatchLoader):
             self.dataset,
             batch_size=self.batch_size,
             sampler=self.epoch_indices().tolist(),
-            num_workers=self.num_workers,
+            num_workers=fork_safe_workers(self.num_workers),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
