@@ -127,6 +127,10 @@ def test_onnx_files_are_listed_with_precision_runtime_and_size(
         assert ready.status_code == 200 and ready.json()["models"] == ["q", "l5", "lenet5"]
 
     asyncio.run(main())
+    optimized = create_app([onnx_files["int8"]], optimize=True).state.models["l5.int8"]
+    assert optimized.startup_line().endswith(
+        "int8 on onnxruntime (--optimize leaves a graph as it is)"
+    )
     # Each graph runs on its worker's threads (1 here), not ONNX Runtime's default of all cores.
     for name in ("q", "l5"):
         runner = mixed_app.state.models[name].worker.runner

@@ -242,6 +242,8 @@ class ServedModel:
         worker = self.worker
         if self.graph:
             line += f"; {worker.precision} on {worker.runtime}"
+            if worker.optimize_requested and worker.int8 is None:
+                line += " (--optimize leaves a graph as it is)"
         calibration = worker.calibration
         if worker.int8 is not None and calibration is not None:
             line += f"; int8 once calibrated on {calibration.description}"
