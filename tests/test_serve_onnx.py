@@ -313,6 +313,12 @@ def test_int8_without_training_data_and_onnx_without_metadata_are_refused_in_one
     )  # fmt: skip
     with pytest.raises(UsageError, match="no training data is known"):
         create_app({"tiny": in_memory}, int8=True)
+    # A folder of images has no labels to measure each layer's cost on: refused before serving.
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    fashion_pngs(folder, 32)
+    with pytest.raises(UsageError, match="--sensitivity measures accuracy"):
+        create_app(["lenet5:fashion_mnist"], int8=True, sensitivity=True, calibration=str(folder))
 
     # An .onnx file cnnzoo did not write says what it needs; --classes goes to that file only.
     foreign = without_cnnzoo_metadata(onnx_files["fp32"], tmp_path / "foreign.onnx")

@@ -398,12 +398,18 @@ class ServedModels:
         from cnnzoo.calibration import calibration_data
 
         options = self.calibration
-        return calibration_data(
+        data = calibration_data(
             loaded,
             options.get("spec"),
             samples=options.get("samples", self.worker_options["int8"]["samples"]),
             validation_samples=options.get("validation_samples", 0),
         )
+        if self.worker_options["int8"].get("sensitivity") and data.labels is None:
+            raise UsageError(
+                f"--sensitivity measures accuracy on labelled images of {loaded.description}'s "
+                f"own dataset; {data.spec} gives none (calibrate on the source's dataset)"
+            )
+        return data
 
     def _register(self, served: ServedModel) -> None:
         with self._lock:
