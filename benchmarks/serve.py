@@ -8,6 +8,10 @@ machine's load hits them all alike; requests/s is the median over the turns, p50
 from all of a server's requests.
 
 - ``cnnzoo``: ``cnnzoo serve`` with dynamic batching (``--max-batch 8 --max-wait-ms 5``);
+- ``cnnzoo-int8``: the same server serving the model's int8 ``.onnx`` file (made first by
+  ``cnnzoo quantize``: lenet5 calibrated on 64 of its own training images, resnet18's random
+  weights on 64 synthetic photos, its agreement check off since random weights' top-1 means
+  nothing), on ONNX Runtime with the same threads (``--no-int8`` leaves it out);
 - ``cnnzoo-nobatch``: the same server with ``--max-batch 1``;
 - ``handwritten``: the FastAPI handler users write (a sync ``def predict(file: UploadFile)``,
   one torch call per request in FastAPI's thread pool), on uvicorn;
@@ -54,7 +58,8 @@ MODELS = {
     "resnet18": ("resnet18", 224, 3),
     "lenet5": ("lenet5", 28, 1),
 }
-SERVERS = ("cnnzoo", "cnnzoo-nobatch", "handwritten", "litserve")
+SERVERS = ("cnnzoo", "cnnzoo-int8", "cnnzoo-nobatch", "handwritten", "litserve")
+INT8_SAMPLES = 64
 MAX_BATCH = 8
 MAX_WAIT_MS = 5
 
@@ -325,6 +330,7 @@ def start_servers(
     threads: int,
     litserve_python: Path | None,
     logs: Path,
+    int8_file: Path | None = None,
 ) -> list[Server]:
     paths = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
@@ -332,9 +338,10 @@ def start_servers(
     for name in names:
         port = free_port()
         if name.startswith("cnnzoo"):
-            batch = MAX_BATCH if name == "cnnzoo" else 1
+            batch = 1 if name == "cnnzoo-nobatch" else MAX_BATCH
+            source = f"{model}={int8_file}" if name == "cnnzoo-int8" else f"{model}:{weights}"
             argv = [
-                sys.executable, "-m", "cnnzoo", "serve", f"{model}:{weights}",
+                sys.executable, "-m", "cnnzoo", "serve", source,
                 "--port", str(port), "--threads", str(threads), "--max-batch", str(batch),
                 "--max-wait-ms", str(MAX_WAIT_MS), "--queue-size", "256",
             ]  # fmt: skip
@@ -400,6 +407,35 @@ def random_weights(model: str, directory: Path) -> str:
     return str(path)
 
 
+def int8_file(model: str, weights: str, side: int, channels: int, work: Path) -> Path:
+    """The model's int8 .onnx file, written by `cnnzoo quantize` (its report goes to the log)."""
+    out = work / f"{model}.int8.onnx"
+    argv = [sys.executable, "-m", "cnnzoo", "quantize", model, "--weights", weights, "-o",
+            str(out), "--samples", str(INT8_SAMPLES), "--no-test"]  # fmt: skip
+    if model != "lenet5":  # random weights: no data of their own, no answers worth checking
+        import numpy as np
+        from PIL import Image
+
+        folder = work / "calibration"
+        folder.mkdir(exist_ok=True)
+        rng = np.random.default_rng(1)
+        for index in range(INT8_SAMPLES):
+            y, x = np.mgrid[0:side, 0:side] / side
+            phase = rng.uniform(0, 6, 3)
+            waves = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in phase], axis=-1)
+            array = ((waves + 1) * 110 + rng.normal(0, 12, waves.shape)).clip(0, 255)
+            Image.fromarray(array.astype(np.uint8)).save(folder / f"{index:03d}.jpg")
+        argv += ["--calibration", str(folder), "--min-agreement", "0"]
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    log = work / f"{model}-quantize.log"
+    with log.open("w") as output:
+        done = subprocess.run(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"cnnzoo quantize failed:\n{log.read_text()[-2000:]}")
+    return out
+
+
 def offline_images_per_second(model: str, weights: str, side: int, channels: int) -> Any:
     """A closure timing one forward pass at batch 8 (returns images/s)."""
     import torch
@@ -444,7 +480,9 @@ def check_answers(servers: list[Server], request_of: dict[str, bytes]) -> dict[s
         predictions = asyncio.run(ask(server))
         first = predictions[0]
         answers[server.name] = (first["topk"] if "topk" in first else predictions)[0]["index"]
-    if len(set(answers.values())) != 1:
+    # int8 may differ from float32 (for random weights, often): it answers, as the rest agree.
+    float32 = {name: index for name, index in answers.items() if name != "cnnzoo-int8"}
+    if len(set(float32.values())) != 1:
         raise SystemExit(f"the servers disagree on the top class: {answers}")
     return answers
 
@@ -453,10 +491,17 @@ def compare_model(model: str, args: argparse.Namespace, work: Path) -> dict[str,
     source, side, channels = MODELS[model]
     weights = "fashion_mnist" if model == "lenet5" else random_weights(model, work)
     names = [n for n in SERVERS if n != "litserve" or args.litserve_python is not None]
+    names = [n for n in names if n != "cnnzoo-int8" or args.int8]
+    quantized = None
+    if args.int8:
+        print(f"\n{model}: quantizing to int8 ...", flush=True)
+        quantized = int8_file(source, weights, side, channels, work)
     print(f"\n{model} ({side} px): starting {', '.join(names)} ...", flush=True)
     image, filename, image_type = test_image(model, side, channels)
     body, content_type = multipart(image, filename, image_type)
-    servers = start_servers(names, source, weights, args.threads, args.litserve_python, work)
+    servers = start_servers(
+        names, source, weights, args.threads, args.litserve_python, work, quantized
+    )
     try:
         request_of = {s.name: http_request(s.path, s.port, body, content_type) for s in servers}
         check_answers(servers, request_of)
@@ -514,7 +559,11 @@ def print_row(row: dict[str, Any], names: list[str]) -> None:
         )
     print(" | ".join(parts), flush=True)
     ratios = [f"cnnzoo / {n} {cnnzoo['requests_per_s'] / row[n]['requests_per_s']:.2f}x"
-              for n in names if n != "cnnzoo" and row[n]["requests_per_s"]]  # fmt: skip
+              for n in names if n not in ("cnnzoo", "cnnzoo-int8")
+              and row[n]["requests_per_s"]]  # fmt: skip
+    if "cnnzoo-int8" in row and cnnzoo["requests_per_s"]:
+        int8 = row["cnnzoo-int8"]["requests_per_s"] / cnnzoo["requests_per_s"]
+        ratios.insert(0, f"int8 file / float32 model {int8:.2f}x")
     ceiling = row["offline_images_per_s"]
     ratios.append(
         f"served / offline ceiling {cnnzoo['requests_per_s'] / ceiling:.2f} "
@@ -559,6 +608,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--litserve-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--setup", action="store_true", help="make LitServe's venv and stop")
     parser.add_argument("--no-litserve", action="store_true", help="compare without LitServe")
+    parser.add_argument(
+        "--no-int8", dest="int8", action="store_false", help="compare without the int8 server"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     # When this script is one of the compared servers:
     parser.add_argument("--serve", choices=("handwritten", "litserve"), help=argparse.SUPPRESS)

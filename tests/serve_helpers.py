@@ -159,3 +159,31 @@ def raw_exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, d
             if not chunk:
                 raise AssertionError(f"connection closed after {received[:300]!r}")
             received += chunk
+
+
+def without_cnnzoo_metadata(path: Path, out: Path) -> Path:
+    """A copy of an ONNX file as another tool would have written it: no cnnzoo metadata."""
+    import onnx
+
+    from cnnzoo.runtime import METADATA_KEY
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(out))
+    return out
+
+
+def read_until(server: Server, prefix: str, timeout: float = START_TIMEOUT) -> str:
+    """The next line of the server's output that starts with ``prefix`` (kept in ``lines``)."""
+    assert server.process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = server.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"cnnzoo serve ended before {prefix!r}: {server.lines}")
+        server.lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return line.rstrip("\n")
+    raise AssertionError(f"no {prefix!r} within {timeout} s: {server.lines}")

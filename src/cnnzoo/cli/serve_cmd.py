@@ -11,7 +11,13 @@ import threading
 import time
 from typing import Any
 
-from cnnzoo.cli.options import add_source_arguments, positive_float, positive_int
+from cnnzoo.cli.options import (
+    add_onnx_arguments,
+    add_source_arguments,
+    onnx_options,
+    positive_float,
+    positive_int,
+)
 from cnnzoo.errors import CnnzooError, UsageError
 
 API_KEY_ENV = "CNNZOO_API_KEY"
@@ -23,8 +29,11 @@ def register(subparsers: Any) -> None:
         help="serve models over HTTP (predict, explain, Open Inference Protocol v2, metrics)",
         description=(
             "Serve one or more models over HTTP: `cnnzoo serve runs/r20 resnet20:fashion_mnist "
-            "lenet5:digits`. Each is served under its model name or its run directory's name "
-            "(NAME=SOURCE chooses). Requests are batched per model on one inference thread; "
+            "lenet5:digits r20.int8.onnx`. Each is served under its model name, its run "
+            "directory's name or its .onnx file's name (NAME=SOURCE chooses). An .onnx file "
+            "cnnzoo wrote (export, quantize) is served by ONNX Runtime for predict and v2 infer; "
+            "--int8 quantizes the PyTorch sources at start-up (explain keeps float32). "
+            "Requests are batched per model on one inference thread; "
             "uploads are checked before they are decoded. Endpoints: /v1/models, "
             "/v1/models/NAME/predict, /v1/models/NAME/explain, /v2/... (KServe, Triton), "
             "/metrics, /healthz, /readyz, /docs."
@@ -62,9 +71,23 @@ def register(subparsers: Any) -> None:
         "--optimize", action="store_true", help="serve cnnzoo.optimize's checked fast copy"
     )
     speed.add_argument(
-        "--threads", type=positive_int, help="torch threads (default: the cores left free)"
+        "--int8",
+        action="store_true",
+        help="quantize each PyTorch source to int8 at start-up, as `cnnzoo quantize` does "
+        "(calibrated on its own training data, checked against float32), and serve that for "
+        "predict and v2 infer; explain keeps the float32 model",
+    )
+    speed.add_argument(
+        "--threads",
+        type=positive_int,
+        help="threads of each model's inference (torch, ONNX Runtime, OpenVINO; default: the "
+        "cores left free)",
     )
     speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    from cnnzoo.cli.quantize_cmd import add_int8_arguments
+
+    add_int8_arguments(serve)
+    add_onnx_arguments(serve)
     limits = serve.add_argument_group("limits")
     limits.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds per request (then 504)"
@@ -90,8 +113,50 @@ def _sources(args: argparse.Namespace) -> list[Any]:
     if args.weights is not None:
         if len(args.sources) != 1:
             raise UsageError("--weights goes with one model; for several use MODEL:WEIGHTS each")
-        return [parse_source(args.sources[0], args.weights)]
-    return [parse_source(source) for source in args.sources]
+        specs = [parse_source(args.sources[0], args.weights)]
+    else:
+        specs = [parse_source(source) for source in args.sources]
+    described = {key: value for key, value in onnx_options(args).items() if value is not None}
+    if described:
+        flag = "--" + next(iter(described)).replace("_", "-")
+        foreign = [spec for spec in specs if _is_foreign_onnx(spec.source)]
+        if len(foreign) != 1:
+            raise UsageError(
+                f"{flag} describes one .onnx file cnnzoo did not write; "
+                + ("none of the sources is one" if not foreign else
+                   f"{len(foreign)} are: serve them from separate commands")
+            )  # fmt: skip
+        foreign[0].options = described
+    return specs
+
+
+def _is_foreign_onnx(source: Any) -> bool:
+    from pathlib import Path
+
+    from cnnzoo.runtime import read_metadata
+
+    path = Path(str(source)).expanduser()
+    return path.is_file() and path.suffix.lower() == ".onnx" and read_metadata(path) is None
+
+
+def _int8_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.int8:
+        flags = {"--calibration": args.calibration, "--sensitivity": args.sensitivity}
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            raise UsageError(f"{' and '.join(given)}: for --int8")
+        return {}
+    return {
+        "int8": True,
+        "calibration": args.calibration,
+        "samples": args.samples,
+        "val_samples": args.val_samples,
+        "method": args.method,
+        "sensitivity": args.sensitivity,
+        "max_drop": args.max_drop,
+        "min_agreement": args.min_agreement,
+        "int8_backend": args.backend,
+    }  # fmt: skip
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -127,7 +192,7 @@ def _announce_ready(app: Any, started: float) -> None:
     if failed:
         print(f"cnnzoo serve: error: failed to warm up: {'; '.join(failed)}", file=sys.stderr)
         return
-    notes = [f"{s.name} {s.info()['optimized']}" for s in models if s.worker.optimize_report]
+    notes = [note for note in (s.ready_note() for s in models) if note]
     _say(f"ready in {time.perf_counter() - started:.1f} s" + "".join(f"; {n}" for n in notes))
 
 
@@ -159,6 +224,7 @@ def run_serve(args: argparse.Namespace) -> int:
         optimize=args.optimize,
         threads=args.threads,
         device=args.device,
+        **_int8_options(args),
     )
     for served in app.state.models:
         _say(served.startup_line())

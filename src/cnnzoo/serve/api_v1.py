@@ -217,6 +217,7 @@ async def explain(
     if method not in EXPLAIN_METHODS:
         raise ApiError(400, f"unknown method {method!r}; choose from {', '.join(EXPLAIN_METHODS)}")
     served = served_models(request).get(name)
+    served.require_module("explain")  # create_app's ModuleGuard says so before the upload
     images = await _decoded(request, served)
     arrays = [image.array for image in images]
     try:

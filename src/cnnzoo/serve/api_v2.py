@@ -55,14 +55,25 @@ def _model(request: Request, name: str, version: str | None) -> ServedModel:
     return served
 
 
+# The platform names Triton gives these runtimes.
+PLATFORMS = {"pytorch": "pytorch", "onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
 def _metadata(served: ServedModel) -> dict[str, Any]:
     classes = served.loaded.num_classes
+    runtime = served.worker.runtime
     return {
         "name": served.name,
         "versions": [VERSION],
-        "platform": "pytorch",
+        "platform": PLATFORMS.get(runtime or "", "pytorch"),
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *served.input_shape]}],
         "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, classes]} for n in OUTPUTS],
+        # What the protocol has no field for: the input is always float32, the arithmetic not.
+        "parameters": {
+            "precision": served.worker.precision,
+            "runtime": runtime,
+            "classes": list(served.loaded.class_names),
+        },
     }
 
 

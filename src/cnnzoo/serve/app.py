@@ -15,6 +15,7 @@ import cnnzoo
 from cnnzoo.inference import InferenceModel
 from cnnzoo.serve import api_v1, api_v2
 from cnnzoo.serve.errors import install_error_handlers
+from cnnzoo.serve.guard import ModuleGuard
 from cnnzoo.serve.metrics import MetricsMiddleware, ServeMetrics
 from cnnzoo.serve.models import ModelSource, ServedModels, parse_source
 from cnnzoo.serve.options import ServeOptions
@@ -45,9 +46,10 @@ def create_app(
     """The server as an ASGI app, its models loaded (their workers warm up when it starts).
 
     ``sources``: what ``cnnzoo serve`` takes (``"runs/r20"``, ``"lenet5:digits"``,
-    ``"mnist=runs/lenet"``, a checkpoint path), :class:`~cnnzoo.inference.InferenceModel`
-    objects, or a mapping from the name to serve under to either. ``options`` are
-    :class:`~cnnzoo.serve.options.ServeOptions` fields (``max_batch=8``, ``api_key=...``).
+    ``"mnist=runs/lenet"``, a checkpoint path, an ``.onnx`` file cnnzoo wrote),
+    :class:`~cnnzoo.inference.InferenceModel` objects, or a mapping from the name to serve under
+    to either. ``options`` are :class:`~cnnzoo.serve.options.ServeOptions` fields
+    (``max_batch=8``, ``api_key=...``, ``int8=True, samples=64``).
 
     The served models are ``app.state.models`` (:class:`~cnnzoo.serve.models.ServedModels`);
     ``/`` is the explorer page (:mod:`cnnzoo.explorer`). Mounted inside another app (whose
@@ -66,8 +68,14 @@ def create_app(
             "threads": settings.threads,
             "device": device,
             "optimize": settings.optimize,
+            "int8": settings.quantize_options(),
         },
         metrics,
+        calibration={
+            "spec": settings.calibration,
+            "samples": settings.samples,
+            "validation_samples": settings.val_samples,
+        },
     )
     for spec in _sources(sources):
         models.load(spec)
@@ -112,7 +120,9 @@ def create_app(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     # The last added runs first: metrics see every answer, CORS answers preflights before the
-    # key is asked for (browsers send none with them), the key guards everything else.
+    # key is asked for (browsers send none with them), the key guards everything else; an
+    # ONNX-graph model refuses the endpoints that need its PyTorch module.
+    app.add_middleware(ModuleGuard, models=models)
     if settings.api_key:
         app.add_middleware(
             ApiKeyMiddleware, key=settings.api_key, public_paths=app.state.public_paths

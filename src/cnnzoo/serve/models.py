@@ -24,11 +24,14 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 @dataclass
 class ModelSource:
-    """One model to serve: what to load, and the name it is served under (None: its own)."""
+    """One model to serve: what to load, and the name it is served under (None: its own).
+    ``options``: what an ``.onnx`` file cnnzoo did not write cannot say about itself
+    (``classes``, ``input_size``, ``mean``, ``std``: :func:`~cnnzoo.inference.load_model`'s)."""
 
     source: str | Path | InferenceModel
     weights: str | None = None
     name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         if isinstance(self.source, InferenceModel):
@@ -67,7 +70,7 @@ def _load(spec: ModelSource) -> InferenceModel:
 
     if isinstance(spec.source, InferenceModel):
         return spec.source
-    loaded = load_model(spec.source, spec.weights)
+    loaded = load_model(spec.source, spec.weights, **spec.options)
     if not loaded.trained:
         raise UsageError(
             f"{spec.source} has no weights to serve: MODEL:WEIGHTS or --weights "
@@ -77,7 +80,10 @@ def _load(spec: ModelSource) -> InferenceModel:
 
 
 def _default_name(loaded: InferenceModel) -> str:
-    name = loaded.run_dir.name if loaded.run_dir is not None else loaded.name
+    if loaded.is_graph:  # r20.int8.onnx is "r20.int8": its model's name may be served beside it
+        name = loaded.files[0].name.removesuffix(loaded.files[0].suffix)
+    else:
+        name = loaded.run_dir.name if loaded.run_dir is not None else loaded.name
     if not NAME_PATTERN.fullmatch(name):
         raise UsageError(f"{name!r} cannot name a served model: choose one with NAME=SOURCE")
     return name
@@ -103,6 +109,38 @@ class ServedModel:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.loaded.channels, *self.loaded.input_size)
 
+    @property
+    def graph(self) -> bool:
+        """Served from an ONNX graph: predictions only (no gradients, no layers to show)."""
+        return self.loaded.is_graph
+
+    def float32_source(self) -> str | None:
+        """For an ONNX graph cnnzoo wrote: the source it was made from, as serve takes it."""
+        origin = self.loaded.config.get("origin") or {}
+        source, weights = origin.get("source"), origin.get("weights")
+        if not source:
+            return None
+        return f"{source}:{weights}" if weights else str(source)
+
+    def require_module(self, what: str) -> None:
+        """A 409 for work that needs the PyTorch model (``what``) when this is an ONNX graph."""
+        if not self.graph:
+            return
+        source = self.float32_source()
+        instead = (
+            f"serve its float32 source instead: cnnzoo serve {self.name}={source}"
+            + (" --int8 (explain keeps float32, predictions are int8)"
+               if self.worker.precision == "int8" else "")
+            if source
+            else "serve the PyTorch model it was exported from (a run, a checkpoint or "
+            "MODEL:WEIGHTS) instead"
+        )  # fmt: skip
+        raise ApiError(
+            409,
+            f"{self.name} is served from an ONNX graph ({self.loaded.files[0].name}), which has "
+            f"no PyTorch model for {what}; {instead}",
+        )
+
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` on this model's worker thread, serialised with its inference batches."""
         return await self.worker.call(fn, *args, **kwargs)
@@ -111,7 +149,7 @@ class ServedModel:
         loaded = self.loaded
         weights = loaded.weights or (loaded.files[0].name if loaded.files else None)
         report = self.worker.optimize_report
-        return {
+        info = {
             "name": self.name,
             "model": loaded.name,
             "classes": list(loaded.class_names),
@@ -127,22 +165,119 @@ class ServedModel:
             "std": list(loaded.std),
             "ready": self.ready,
             "optimized": str(report).splitlines()[0] if report is not None else None,
-            **self.extra,
+            "precision": self.worker.precision,
+            "runtime": self.worker.runtime,
+            # An ONNX graph answers predict and /v2 infer; explain and layers need PyTorch.
+            "graph": self.graph,
+            "explain": not self.graph,
+            "int8": self.int8_facts(),
         }
+        if self.graph:
+            info["float32_source"] = self.float32_source()
+        return {**info, **self.extra}
+
+    def int8_facts(self) -> dict[str, Any] | None:
+        """How the int8 model compares with float32: measured at start-up (``int8``), or as
+        recorded in an int8 file when it was quantized."""
+        from cnnzoo.quantize import QuantizeReport
+
+        report = self.worker.optimize_report
+        if isinstance(report, QuantizeReport):
+            return {
+                "quantized": "at start-up",
+                "calibration": f"{report.method} on {report.samples} images",
+                "agreement": report.agreement,
+                "check_images": report.check_samples,
+                "fp32_top1": report.fp32_top1,
+                "int8_top1": report.int8_top1,
+                "validation_images": report.validation_samples,
+                "speedup": report.speedup,
+            }
+        if self.worker.precision != "int8" or not self.graph:
+            return None
+        meta = self.loaded.config.get("onnx") or {}
+        recorded = meta.get("quantization") or {}
+        return {
+            "quantized": "in the file",
+            "calibration": meta.get("calibration"),
+            "agreement": recorded.get("agreement"),
+            "check_images": recorded.get("check_samples"),
+            "fp32_top1": recorded.get("fp32_top1"),
+            "int8_top1": recorded.get("int8_top1"),
+            "validation_images": recorded.get("validation_samples"),
+            "test": meta.get("accuracy"),  # both scored on the test split, when it was made
+        }
+
+    def ready_note(self) -> str | None:
+        """What warming up made of the model, for the line that says the server is ready."""
+        from cnnzoo.quantize import QuantizeReport
+
+        report = self.worker.optimize_report
+        if report is None:
+            return None
+        if not isinstance(report, QuantizeReport):
+            return f"{self.name} {str(report).splitlines()[0]}"
+        line = (
+            f"{self.name} int8 on {report.backend}: top-1 agreement with float32 "
+            f"{100 * report.agreement:.2f}% on {report.check_samples} images"
+        )
+        if report.fp32_top1 is not None and report.int8_top1 is not None:
+            line += (
+                f", top-1 float32 {report.fp32_top1:.2f}% int8 {report.int8_top1:.2f}% "
+                f"({report.int8_top1 - report.fp32_top1:+.2f} points) on "
+                f"{report.validation_samples} validation images"
+            )
+        if report.speedup:
+            line += f", {report.speedup:.2f}x float32"
+        return line
 
     def startup_line(self) -> str:
         names = self.loaded.class_names
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         c, h, w = self.input_shape
-        return (
+        line = (
             f"{self.name}: {len(names)} classes ({shown}), input {c}x{h}x{w}, "
             f"from {self.loaded.description}"
         )
+        worker = self.worker
+        if self.graph:
+            line += f"; {worker.precision} on {worker.runtime}"
+            if worker.optimize_requested and worker.int8 is None:
+                line += " (--optimize leaves a graph as it is)"
+        calibration = worker.calibration
+        if worker.int8 is not None and calibration is not None:
+            line += f"; int8 once calibrated on {calibration.description}"
+        return line
+
+
+def _graph_parameters(path: Path) -> int:
+    """The weights of an ONNX graph: its float initializers and what DequantizeLinear turns
+    into floats (int8 weights, int32 biases), not the scales and zero points."""
+    import math
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+              onnx.TensorProto.DOUBLE}  # fmt: skip
+    quantized, qparams = set(), set()
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qparams.update(node.input[1:])
+            if node.op_type == "DequantizeLinear":
+                quantized.add(node.input[0])
+    return sum(
+        math.prod(t.dims)
+        for t in graph.initializer
+        if t.name not in qparams and (t.data_type in floats or t.name in quantized)
+    )
 
 
 def _parameters_and_macs(loaded: InferenceModel) -> tuple[int, int | None]:
     from cnnzoo.analysis.flops import count_macs
 
+    if loaded.is_graph:  # the flop counter sees torch operations, and a graph runs none
+        return _graph_parameters(loaded.files[0]), None
     parameters = sum(p.numel() for p in loaded.model.parameters())
     try:
         macs = count_macs(loaded.model, (loaded.channels, *loaded.input_size))
@@ -156,11 +291,18 @@ class ServedModels:
     :meth:`get`, a 404 listing the served ones), iterate, :meth:`call` a function on a model's
     thread, and :meth:`add` another model while the server runs."""
 
-    def __init__(self, worker_options: dict[str, Any], metrics: Any = None) -> None:
+    def __init__(
+        self,
+        worker_options: dict[str, Any],
+        metrics: Any = None,
+        calibration: dict[str, Any] | None = None,
+    ) -> None:
         self._models: dict[str, ServedModel] = {}
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
         self.worker_options = worker_options
+        # With int8: cnnzoo.calibration.calibration_data's spec, samples, validation_samples.
+        self.calibration = calibration or {}
         self.metrics = metrics
         self.started = False
 
@@ -234,13 +376,40 @@ class ServedModels:
         self._reserve(name)
         try:
             parameters, macs = _parameters_and_macs(loaded)
-            worker = ModelWorker(name, loaded, metrics=self.metrics, **self.worker_options)
+            worker = ModelWorker(
+                name,
+                loaded,
+                metrics=self.metrics,
+                calibration=self._calibration(loaded),
+                **self.worker_options,
+            )
             if self.metrics is not None:
                 self.metrics.watch_queue(name, lambda: worker.depth)
             return ServedModel(name, loaded, worker, str(spec), parameters, macs)
         except BaseException:
             self._reserved.discard(name)
             raise
+
+    def _calibration(self, loaded: InferenceModel) -> Any:
+        """With int8, the images a float32 source is calibrated and checked on, found now so
+        that a source without any is refused before the server starts (one line)."""
+        if self.worker_options.get("int8") is None or loaded.config.get("precision") == "int8":
+            return None
+        from cnnzoo.calibration import calibration_data
+
+        options = self.calibration
+        data = calibration_data(
+            loaded,
+            options.get("spec"),
+            samples=options.get("samples", self.worker_options["int8"]["samples"]),
+            validation_samples=options.get("validation_samples", 0),
+        )
+        if self.worker_options["int8"].get("sensitivity") and data.labels is None:
+            raise UsageError(
+                f"--sensitivity measures accuracy on labelled images of {loaded.description}'s "
+                f"own dataset; {data.spec} gives none (calibrate on the source's dataset)"
+            )
+        return data
 
     def _register(self, served: ServedModel) -> None:
         with self._lock:

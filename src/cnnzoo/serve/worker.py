@@ -11,6 +11,12 @@ Workers of different models share one lock around their forward passes, so that 
 one batch has all of torch's threads; anything else that must call torch on the model (Grad-CAM,
 feature maps) goes through :meth:`ModelWorker.call` and runs on the same thread, between
 batches.
+
+What a batch runs on (``runner``) is settled while warming up: the PyTorch model itself,
+``cnnzoo.optimize``'s checked fast copy (``optimize``), :func:`cnnzoo.quantize`'s int8 graph
+(``int8``: the same slot, a callable module with a ``.report``), or the ONNX graph an ``.onnx``
+source is. An ONNX Runtime or OpenVINO graph gets the worker's threads, not the runtime's
+default of every core on top of torch's.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from cnnzoo.serve.errors import ApiError
 if TYPE_CHECKING:
     import torch
 
+    from cnnzoo.calibration import CalibrationData
     from cnnzoo.inference import InferenceModel
     from cnnzoo.serve.metrics import ServeMetrics
 
@@ -95,15 +102,22 @@ class ModelWorker:
         threads: int | None = None,
         device: str | torch.device = "cpu",
         optimize: bool = False,
+        int8: dict[str, Any] | None = None,
+        calibration: CalibrationData | None = None,
         metrics: ServeMetrics | None = None,
     ) -> None:
         self.name, self.loaded = name, loaded
         self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait_ms) / 1e3
         self.queue_size, self.threads, self.device = queue_size, threads, device
         self.optimize_requested = optimize
+        # cnnzoo.quantize's options; an .onnx file that is int8 already is served as it is.
+        self.int8 = int8 if loaded.config.get("precision") != "int8" else None
+        self.calibration = calibration  # dropped once quantized
         self.metrics = metrics
-        self.runner: Callable[[Any], Any] = loaded.model  # replaced by the optimized copy
-        self.optimize_report: Any = None
+        # Replaced while warming up by the optimized copy, the int8 graph or the graph's session
+        # with the worker's threads.
+        self.runner: Callable[[Any], Any] = loaded.model
+        self.optimize_report: Any = None  # OptimizeReport or QuantizeReport
         self.ready = threading.Event()  # warmed up (or failed: see .error)
         self.error: BaseException | None = None
         self.warmup_s: float | None = None
@@ -355,26 +369,81 @@ class ModelWorker:
             )
         self._finish(ready, results)
 
+    @property
+    def precision(self) -> str:
+        """``int8`` or ``fp32``: what the batches are computed in."""
+        from cnnzoo.quantize import QuantizeReport
+
+        asked = self.int8 is not None or isinstance(self.optimize_report, QuantizeReport)
+        return "int8" if asked or self.loaded.config.get("precision") == "int8" else "fp32"
+
+    @property
+    def runtime(self) -> str | None:
+        """What runs the batches: ``pytorch``, ``onnxruntime`` or ``openvino`` (None while an
+        int8 model is still being made: its check chooses)."""
+        from cnnzoo.runtime import RUNTIMES
+
+        report = self.optimize_report
+        if report is not None and report.backend in RUNTIMES:
+            return str(report.backend)
+        if self.int8 is not None:
+            return None
+        return str(getattr(self.runner, "runtime", "pytorch"))  # an OnnxModel has one
+
     def _warm_up(self) -> None:
-        """Threads, the optimized copy when asked for, and one pass at every batch size (the
-        first pass at a new shape is the slow one)."""
+        """Threads, the runner (the model, its optimized copy, its int8 graph, or the graph's
+        own session) and one pass at every batch size (the first at a new shape is the slow
+        one)."""
         import torch
 
         from cnnzoo.train.hardware import default_threads
 
         start = time.perf_counter()
-        torch.set_num_threads(self.threads or default_threads())
-        model = self.loaded.model.to(self.device).eval()
+        threads = self.threads or default_threads()
+        torch.set_num_threads(threads)
+        loaded = self.loaded
+        if loaded.is_graph or self.int8 is not None:
+            self.device = "cpu"  # ONNX Runtime and OpenVINO run here on the CPU
+        if loaded.is_graph:
+            from cnnzoo.runtime import OnnxModel
+
+            # load_model's session took the loading thread's thread count; this worker's
+            # batches get its own threads.
+            graph = loaded.model
+            loaded.model = OnnxModel(
+                loaded.files[0], graph.runtime, threads=threads, name=graph.name
+            )
+            self.runner = loaded.model
+        model = loaded.model.to(self.device).eval()
         example = torch.zeros(
-            self.max_batch, self.loaded.channels, *self.loaded.input_size, device=self.device
+            self.max_batch, loaded.channels, *loaded.input_size, device=self.device
         )
         with COMPUTE_LOCK:
-            if self.optimize_requested:
+            fast: Any = None
+            if self.int8 is not None:
+                fast = self._quantized(model, example)
+            elif self.optimize_requested and not loaded.is_graph:
                 from cnnzoo.optimize import optimize
 
                 fast = optimize(model, example)
+            if fast is not None:
                 self.runner, self.optimize_report = fast, fast.report
             with torch.inference_mode():
                 for size in range(1, self.max_batch + 1):
                     self.runner(example[:size])
         self.warmup_s = time.perf_counter() - start
+
+    def _quantized(self, model: Any, example: Any) -> Any:
+        """The int8 graph of the float32 model (or float32 .onnx), calibrated and checked as
+        ``cnnzoo quantize`` does: what ``optimize(model, example, precision="int8")`` returns,
+        in the slot ``optimize``'s fast copy takes. Its runtime sessions are made here, on this
+        thread, after its thread count is set."""
+        from cnnzoo.quantize import quantize
+
+        data, self.calibration = self.calibration, None
+        assert self.int8 is not None and data is not None
+        source = self.loaded.files[0] if self.loaded.is_graph else model
+        calibration = data.images if data.labels is None else (data.images, data.labels)
+        return quantize(
+            source, calibration, example=example, validation=data.validation, **self.int8
+        )
