@@ -101,7 +101,10 @@ def iter_predictions(
     if topk < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
     model, names = loaded.model, loaded.class_names
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:  # an ONNX graph has no parameters: it runs on the CPU
+        parameters = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+        device = next((p.device for p in parameters), torch.device("cpu"))
+    device = torch.device(device)
     if folder_labels is None:
         folder_labels = [Path(p).parent.name for p in paths]
     elif len(folder_labels) != len(paths):
