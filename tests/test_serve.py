@@ -374,6 +374,7 @@ def test_ctrl_c_stops_cleanly_with_status_0() -> None:
     running.wait_ready()
     assert httpx.get(f"{running.url}/healthz").status_code == 200
     running.process.send_signal(signal.SIGINT)
+    running.process.wait(60)
     code, out, err = running.stop()
     assert code == 0, err
     assert "stopped on SIGINT" in out and "Traceback" not in err
