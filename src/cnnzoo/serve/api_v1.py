@@ -168,16 +168,17 @@ def _explain_on_worker(
     loaded = served.loaded
     model = loaded.model  # the eager model: an optimized copy has no gradients
     batch = loaded.prepare([image_tensor(array) for array in arrays])
+    batch = batch.to(next(model.parameters()).device)
     with torch.inference_mode():
         output = model(batch)
         while isinstance(output, (tuple, list)):
             output = output[0]
-        probs = F.softmax(output.float(), dim=1)
+        probs = F.softmax(output.float(), dim=1).cpu()
     k = min(topk, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     targets = [_target_index(target, int(row[0]), loaded.class_names) for row in top_i]
     used = resolve_layer(model, layer) if method in LAYER_METHODS else None
-    heat = attribution_maps(model, batch, targets, method, used)
+    heat = attribution_maps(model, batch, targets, method, used).cpu()
     shown = loaded.shown(batch)
     side = max(heat.shape[-2:])
     small = (
