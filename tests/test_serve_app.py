@@ -357,3 +357,16 @@ def test_optimize_serves_the_checked_fast_copy(monkeypatch: pytest.MonkeyPatch) 
     assert all(abs(want_top[i] - got_top[i]) < 1e-4 for i in want_top)
     plain.state.models.stop()
     fast.state.models.stop()
+
+
+def test_the_api_docs_describe_the_three_upload_forms(fashion_app: FastAPI) -> None:
+    async def main() -> dict:
+        async with client_for(fashion_app) as client:
+            assert (await client.get("/docs")).status_code == 200
+            return (await client.get("/openapi.json")).json()
+
+    paths = run(main())["paths"]
+    for endpoint in ("predict", "explain"):
+        body = paths[f"/v1/models/{{name}}/{endpoint}"]["post"]["requestBody"]["content"]
+        assert set(body) == {"multipart/form-data", "image/*", "application/json"}
+    assert "/v2/models/{name}/infer" in paths and "/metrics" in paths

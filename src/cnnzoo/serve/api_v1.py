@@ -28,6 +28,34 @@ HEATMAP_SIDE = 32  # the explain answer's array: the map averaged down to at mos
 OVERLAY_SIDE = 224  # small inputs are enlarged to about this side in the overlay PNG
 
 
+# The body is read by hand (streamed, counted, sniffed); this tells /docs what it may be.
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}}
+                    },
+                    "required": ["images"],
+                }
+            },
+        },
+    }
+}
+
+
 def served_models(request: Request) -> ServedModels:
     return request.app.state.models
 
@@ -77,7 +105,7 @@ async def _decoded(request: Request, served: ServedModel) -> list[Any]:
         return await read_images(request, served.loaded.channels, request.app.state.limits)
 
 
-@router.post("/v1/models/{name}/predict", tags=["inference"])
+@router.post("/v1/models/{name}/predict", tags=["inference"], openapi_extra=IMAGE_BODY)
 async def predict(
     name: str,
     request: Request,
@@ -203,7 +231,7 @@ def _explain_on_worker(
     return used, answers
 
 
-@router.post("/v1/models/{name}/explain", tags=["inference"])
+@router.post("/v1/models/{name}/explain", tags=["inference"], openapi_extra=IMAGE_BODY)
 async def explain(
     name: str,
     request: Request,
