@@ -296,7 +296,7 @@ def test_a_client_that_leaves_mid_upload_costs_nothing(server: Server, images: l
     assert metric(after, "cnnzoo_images_total", model=MODEL) == metric(
         before, "cnnzoo_images_total", model=MODEL
     )
-    assert metric(after, "cnnzoo_queue_depth", model=MODEL) == 0
+    assert f'cnnzoo_queue_depth{{model="{MODEL}"}} 0.0' in after
     assert metric(after, "cnnzoo_request_errors_total", code="500") == 0
     response = httpx.post(
         f"{server.url}/v1/models/{MODEL}/predict",
@@ -367,3 +367,14 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(images: list[Path], 
     assert "stopped on SIGTERM" in out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.port), timeout=5).close()
+
+
+def test_ctrl_c_stops_cleanly_with_status_0() -> None:
+    running = Server(f"{MODEL}:fashion_mnist", "--threads", "1")
+    running.wait_ready()
+    assert httpx.get(f"{running.url}/healthz").status_code == 200
+    running.process.send_signal(signal.SIGINT)
+    running.process.wait(60)
+    code, out, err = running.stop()
+    assert code == 0, err
+    assert "stopped on SIGINT" in out and "Traceback" not in err

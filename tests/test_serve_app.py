@@ -16,6 +16,7 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 from serve_helpers import png_bytes
+from test_predict_cli import _write_run as write_run
 from torch import nn
 
 import cnnzoo
@@ -93,36 +94,12 @@ def test_sources_parse_as_the_command_line_writes_them(tmp_path: Path) -> None:
         parse_source("lenet5:")
 
 
-def _write_run(run_dir: Path) -> Path:
-    """A run directory as `cnnzoo train` writes it, for lenet5 on 8x8 digits."""
-    from cnnzoo.data import load_dataset
-    from cnnzoo.train.config import TrainConfig
-    from cnnzoo.weights import save_weights
-
-    bundle = load_dataset("digits")
-    run_dir.mkdir(parents=True)
-    facts = {
-        "name": bundle.name,
-        "num_classes": bundle.num_classes,
-        "in_chans": bundle.channels,
-        "class_names": list(bundle.class_names),
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
-        "image_size": 32,
-        "stored_image_size": list(bundle.image_size),
-    }
-    TrainConfig(model="lenet5", dataset="digits", epochs=1).save(
-        run_dir / "config.json", data=facts
-    )
-    torch.manual_seed(0)
-    save_weights(
-        cnnzoo.create_model("lenet5", num_classes=10, in_chans=1), run_dir / "best.safetensors"
-    )
-    return run_dir
-
-
 def test_several_models_by_run_name_model_name_and_chosen_name(tmp_path: Path) -> None:
-    run_dir = _write_run(tmp_path / "r-digits")
+    from cnnzoo.data import load_dataset
+
+    torch.manual_seed(0)
+    model = cnnzoo.create_model("lenet5", num_classes=10, in_chans=1).eval()
+    run_dir = write_run(tmp_path / "r-digits", model, load_dataset("digits"))
     app = create_app([str(run_dir), "lenet5:fashion_mnist", "d2=lenet5:digits"], threads=1)
     digit = png_bytes((np.arange(64).reshape(8, 8) * 4).astype(np.uint8))
 
@@ -350,3 +327,46 @@ def test_command_line_errors_are_one_line(capsys: pytest.CaptureFixture[str]) ->
         assert cli_main.main(["serve", "lenet5:digits", "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_optimize_serves_the_checked_fast_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import cnnzoo.optimize
+
+    # torch.compile would take minutes here: folding and layout are what is checked.
+    monkeypatch.setattr(
+        cnnzoo.optimize, "optimize", functools.partial(cnnzoo.optimize.optimize, compile=False)
+    )
+    plain = create_app(["lenet5:fashion_mnist"], threads=1)
+    fast = create_app(["lenet5:fashion_mnist"], threads=1, optimize=True)
+    picture = png_bytes((np.random.default_rng(3).random((28, 28)) * 255).astype(np.uint8))
+
+    async def ask(app: FastAPI) -> dict:
+        async with client_for(app) as client:
+            url = "/v1/models/lenet5/predict?topk=10"
+            return (await client.post(url, content=picture, headers=PNG)).json()
+
+    want, got = run(ask(plain)), run(ask(fast))
+    served = fast.state.models["lenet5"]
+    assert served.worker.optimize_report.folded_batchnorms >= 0
+    assert served.info()["optimized"].startswith("folded")
+    want_top = {e["index"]: e["probability"] for e in want["predictions"][0]["topk"]}
+    got_top = {e["index"]: e["probability"] for e in got["predictions"][0]["topk"]}
+    assert want_top.keys() == got_top.keys()
+    assert all(abs(want_top[i] - got_top[i]) < 1e-4 for i in want_top)
+    plain.state.models.stop()
+    fast.state.models.stop()
+
+
+def test_the_api_docs_describe_the_three_upload_forms(fashion_app: FastAPI) -> None:
+    async def main() -> dict:
+        async with client_for(fashion_app) as client:
+            assert (await client.get("/docs")).status_code == 200
+            return (await client.get("/openapi.json")).json()
+
+    paths = run(main())["paths"]
+    for endpoint in ("predict", "explain"):
+        body = paths[f"/v1/models/{{name}}/{endpoint}"]["post"]["requestBody"]["content"]
+        assert set(body) == {"multipart/form-data", "image/*", "application/json"}
+    assert "/v2/models/{name}/infer" in paths and "/metrics" in paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -255,6 +256,11 @@ def run_serve(args: argparse.Namespace) -> int:
         signum: signal.signal(signum, lambda n, _: stops.append(n))
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
+    # torch, FastAPI and the models leave ~400,000 objects that live as long as the server; a
+    # full garbage collection walking them took 0.36 s here, a pause every request in flight
+    # felt (p99 at 32 clients: 320-470 ms, 70-180 ms once frozen). Frozen, collections skip them.
+    gc.collect()
+    gc.freeze()
     try:
         server.run(sockets=[sock])
     finally:

@@ -28,6 +28,34 @@ HEATMAP_SIDE = 32  # the explain answer's array: the map averaged down to at mos
 OVERLAY_SIDE = 224  # small inputs are enlarged to about this side in the overlay PNG
 
 
+# The body is read by hand (streamed, counted, sniffed); this tells /docs what it may be.
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}}
+                    },
+                    "required": ["images"],
+                }
+            },
+        },
+    }
+}
+
+
 def served_models(request: Request) -> ServedModels:
     return request.app.state.models
 
@@ -77,7 +105,7 @@ async def _decoded(request: Request, served: ServedModel) -> list[Any]:
         return await read_images(request, served.loaded.channels, request.app.state.limits)
 
 
-@router.post("/v1/models/{name}/predict", tags=["inference"])
+@router.post("/v1/models/{name}/predict", tags=["inference"], openapi_extra=IMAGE_BODY)
 async def predict(
     name: str,
     request: Request,
@@ -168,16 +196,17 @@ def _explain_on_worker(
     loaded = served.loaded
     model = loaded.model  # the eager model: an optimized copy has no gradients
     batch = loaded.prepare([image_tensor(array) for array in arrays])
+    batch = batch.to(next(model.parameters()).device)
     with torch.inference_mode():
         output = model(batch)
         while isinstance(output, (tuple, list)):
             output = output[0]
-        probs = F.softmax(output.float(), dim=1)
+        probs = F.softmax(output.float(), dim=1).cpu()
     k = min(topk, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     targets = [_target_index(target, int(row[0]), loaded.class_names) for row in top_i]
     used = resolve_layer(model, layer) if method in LAYER_METHODS else None
-    heat = attribution_maps(model, batch, targets, method, used)
+    heat = attribution_maps(model, batch, targets, method, used).cpu()
     shown = loaded.shown(batch)
     side = max(heat.shape[-2:])
     small = (
@@ -202,7 +231,7 @@ def _explain_on_worker(
     return used, answers
 
 
-@router.post("/v1/models/{name}/explain", tags=["inference"])
+@router.post("/v1/models/{name}/explain", tags=["inference"], openapi_extra=IMAGE_BODY)
 async def explain(
     name: str,
     request: Request,

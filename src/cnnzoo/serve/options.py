@@ -18,7 +18,7 @@ class ServeOptions:
 
     max_batch: int = 8  # images in one forward pass
     max_wait_ms: float = 5.0  # how long a batch may wait to fill (only while more is coming)
-    queue_size: int = 128  # images waiting per model before requests get 503
+    queue_size: int = 128  # images queued or computing per model before requests get 503
     timeout: float = 30.0  # seconds a request may wait for its answer (504 past it)
     max_upload_mb: float = 10.0  # request body, counted as it streams (413 past it)
     max_pixels: int = 40_000_000  # one image, from its header (413 past it, not decoded)

@@ -134,7 +134,7 @@ class ModelWorker:
 
     @property
     def depth(self) -> int:
-        """Images waiting in the queue."""
+        """Images queued or in the batch being computed (what --queue-size bounds)."""
         return self._waiting
 
     @contextlib.contextmanager
