@@ -239,3 +239,16 @@ def test_remote_assets_are_found() -> None:
         "//cdn.example.com/x.js",
         "https://fonts.example.com/a.woff2",
     ]
+
+
+def test_readme_is_a_landing_page_whose_links_resolve() -> None:
+    """The README links into docs/ (readable on GitHub too); every link must name a file."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    missing = [t for t in local if not (REPO / t).is_file()]
+    assert len(local) >= 15 and not missing, missing
+    assert "make demo" in text and "make test" in text  # the two quick-start commands
+    assert len(text) < 12_000, "the README is a landing page; details belong on the site"
