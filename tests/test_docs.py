@@ -109,7 +109,8 @@ def test_page_code_runs(page: Path, fashion_mnist: None) -> None:
     assert set(run.outputs) <= {i for i, b in enumerate(blocks) if b.shows_output}
     for name in run.figures:
         width, height = _is_png(code_blocks.FIGURES / name)
-        assert width >= 300 and height >= 150, f"{name} is {width}x{height}"
+        # A real picture, not an empty axes: LeNet-5's six kernels in a row are 295 px wide.
+        assert width >= 250 and height >= 150, f"{name} is {width}x{height}"
     assert code_blocks.read_record(page) is not None  # `make docs` reuses this run
 
 
