@@ -91,3 +91,25 @@ def test_seeing_inside(tmp_path: Path, fashion_mnist: None) -> None:
     assert re.search(r"[34]/4 right", out)  # the shipped ResNet-20 gets these 4 right
     assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == [
         "feature_maps.png", "filters.png", "gradcam.png"]
+
+
+def test_vit_attention(tmp_path: Path) -> None:
+    out = run("vit_attention.py", "--out", "seen", cwd=tmp_path)
+    sizes = dict(re.findall(r"^(\w+) +([\d,]+) ", out, flags=re.MULTILINE))
+    # vit_cifar_4 and resnet20 on 1x28x28: the same size by design; convnext_cifar smaller.
+    assert sizes == {"vit_cifar_4": "272,906", "resnet20": "269,434", "convnext_cifar": "237,682"}
+    assert "28 px on a 28-px image" in out.splitlines()[1]  # the whole image, no more
+    assert (tmp_path / "seen" / "attention.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_deploy(tmp_path: Path, fashion_mnist: None) -> None:
+    out = run("deploy.py", "--calibration", "64", "--check", "300", "--out", "deployed",
+              cwd=tmp_path)  # fmt: skip
+    # The shipped LeNet-5 on the first test image (an ankle boot), through both protocols.
+    assert "served v1: Ankle boot 0.9125; v2: class 9 0.9125" in out, out
+    agreement = float(re.search(r"top-1 agreement with float32 ([\d.]+)%", out)[1])
+    assert agreement >= 90
+    assert float(re.search(r"largest difference from PyTorch ([\d.e-]+)", out)[1]) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "deployed").iterdir()) == [
+        "lenet5.onnx", "resnet20.int8.onnx"]
