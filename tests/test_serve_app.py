@@ -331,12 +331,13 @@ def test_command_line_errors_are_one_line(capsys: pytest.CaptureFixture[str]) ->
 
 def test_optimize_serves_the_checked_fast_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     import functools
+    import importlib
 
-    import cnnzoo.optimize
-
+    # The module, not cnnzoo.optimize (the package exports the function under that name).
+    optimize_module = importlib.import_module("cnnzoo.optimize")
     # torch.compile would take minutes here: folding and layout are what is checked.
     monkeypatch.setattr(
-        cnnzoo.optimize, "optimize", functools.partial(cnnzoo.optimize.optimize, compile=False)
+        optimize_module, "optimize", functools.partial(optimize_module.optimize, compile=False)
     )
     plain = create_app(["lenet5:fashion_mnist"], threads=1)
     fast = create_app(["lenet5:fashion_mnist"], threads=1, optimize=True)
