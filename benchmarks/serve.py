@@ -24,7 +24,7 @@ The ceiling is the model's offline images/s at batch 8 in this process (a forwar
 ready batch: no HTTP, no decoding), timed between the servers' turns.
 
     python benchmarks/serve.py --setup                     # once: LitServe's environment
-    nice -n 10 python benchmarks/serve.py --out serve.json  # the README table, ~7 minutes
+    nice -n 10 python benchmarks/serve.py --out serve.json  # the table in docs/guide/performance.md
     python benchmarks/serve.py --models lenet5 --concurrency 4 --seconds 1 --rounds 1 \\
         --no-litserve                                       # a quick check, ~30 s
 """

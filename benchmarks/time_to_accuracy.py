@@ -32,7 +32,7 @@ from cnnzoo.train.recipes import load_recipe  # noqa: E402
 
 # Each entry: a shipped recipe (src/cnnzoo/recipes/NAME.yaml), the target, and ("cuda") fields
 # that replace the recipe's on a GPU. Changing a recipe changes the published figure: keep
-# README's Performance table in step.
+# docs/guide/performance.md in step.
 RECIPES: dict[str, dict[str, Any]] = {
     "lenet5": {"recipe": "lenet5_fashion_mnist", "target": 0.910},
     # On a GPU: mixed precision (bf16 where supported). Not yet run on one.

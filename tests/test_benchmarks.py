@@ -1,5 +1,5 @@
 """The benchmark scripts run end to end and write consistent results (tiny settings, no timings
-asserted: speed targets are read from the scripts' own output, see README "Performance")."""
+asserted: speed targets are read from the scripts' own output, see docs/guide/performance.md)."""
 
 from __future__ import annotations
 

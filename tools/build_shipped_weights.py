@@ -42,7 +42,7 @@ CIFAR_NETS: dict[str, Any] = dict(
 )
 
 # (model, dataset) -> TrainConfig fields. Changing a recipe means rebuilding its file (the test
-# re-scores the file, not the recipe) and updating README's table.
+# re-scores the file, not the recipe) and updating the weights table in docs/guide/models.md.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("lenet5", "fashion_mnist"): dict(
         epochs=30,

@@ -8,7 +8,7 @@ patterns are family names (``resnet_cifar``) or shell patterns over model names 
 (8-16 px, e.g. digits), ``small`` (17-64 px: MNIST, Fashion-MNIST, CIFAR) and ``photos``
 (image folders, larger arrays).
 Figures quoted beside the rows were measured by ``benchmarks/defaults.py`` and
-``benchmarks/families.py`` (README, Training).
+``benchmarks/families.py`` (docs/guide/performance.md).
 """
 
 from __future__ import annotations
