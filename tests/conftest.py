@@ -15,6 +15,13 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["CNNZOO_CACHE"] = str(tmp_path_factory.mktemp("cnnzoo-cache"))
 
 
+# optimize/quantize pick OpenVINO where it measures faster; once loaded, it does not survive the
+# forks later tests make (DataLoader workers, servers started as subprocesses), and the test
+# process died of SIGSEGV in about half of the full runs. The tests that are about OpenVINO run
+# it in a process of their own (tests/test_quantize.py).
+os.environ.setdefault("CNNZOO_RUNTIMES", "onnxruntime")
+
+
 def write_pets(root: Path, per_class: int, start: int = 0, side: int = 20) -> None:
     """A two-class image folder told apart by colour: 'cat' images reddish, 'dog' greenish
     (the notes' dogs-vs-cats layout, small enough to train in a second)."""

@@ -39,8 +39,15 @@ _MAX_OPENVINO_SHAPES = 8  # compiled batch sizes kept per OpenVINO model
 
 
 def installed_runtimes() -> list[str]:
-    """The runtimes of :data:`RUNTIMES` that can be imported here."""
-    return [name for name in RUNTIMES if importlib.util.find_spec(name) is not None]
+    """The runtimes of :data:`RUNTIMES` that can be imported here and that ``$CNNZOO_RUNTIMES``
+    (a comma-separated list, e.g. ``onnxruntime``) allows, when it is set.
+
+    Restricting them keeps OpenVINO out of a process that forks afterwards (DataLoader workers,
+    subprocesses): its thread pool does not survive fork, and processes that had used it crashed.
+    """
+    allowed = os.environ.get("CNNZOO_RUNTIMES")
+    names = RUNTIMES if not allowed else [n.strip() for n in allowed.split(",")]
+    return [n for n in RUNTIMES if n in names and importlib.util.find_spec(n) is not None]
 
 
 def _missing_runtime(name: str) -> CnnzooError:
