@@ -318,6 +318,11 @@ def _build(
         if not isinstance(value, torch.Tensor):
             sources[fx_node.name] = inputs  # no tensor of its own: pass its inputs on
             continue
+        if fx_node.op == "get_attr":
+            # A parameter used directly (ConvNeXt's layer scale, ViT's class token and position
+            # embedding) is part of the layer that uses it, not a layer of its own.
+            sources[fx_node.name] = []
+            continue
         scope_paths, types = _scope_and_types(fx_node)
         scope_types.update(types)
         scope = scope_paths[-1] if scope_paths else ""

@@ -154,8 +154,9 @@ class ConvNeXt(ZooModel):
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.classifier[:2](self.avgpool(x))
-        return x if pre_logits else self.classifier[2](x)
+        x = self.avgpool(x)
+        # The classifier runs as one module, so that hooks (summary, profilers) see it whole.
+        return self.classifier[:2](x) if pre_logits else self.classifier(x)
 
 
 def _convnext(size: str, num_classes: int, in_chans: int, **kwargs: Any) -> ConvNeXt:
