@@ -5,7 +5,6 @@ then shows), the command-line reference covers every command, and nothing loads 
 from __future__ import annotations
 
 import argparse
-import os
 import struct
 import sys
 from pathlib import Path
@@ -76,20 +75,6 @@ def test_nav_lists_every_page() -> None:
     unlisted = [str(p.relative_to(DOCS)) for p in _originals()
                 if str(p.relative_to(DOCS)) not in listed]  # fmt: skip
     assert not unlisted, f"pages missing from mkdocs.yml's nav: {unlisted}"
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist() -> None:
-    """The pages train on Fashion-MNIST; CI has Debian's package, so it never skips there."""
-    from cnnzoo.data import load_dataset
-    from cnnzoo.errors import DataError
-
-    try:
-        load_dataset("fashion_mnist", val_split=0)
-    except DataError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
 def _is_png(path: Path) -> tuple[int, int]:

@@ -11,20 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnzoo.data import load_dataset
-from cnnzoo.errors import DataError
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist() -> None:
-    try:
-        load_dataset("fashion_mnist", val_split=0)
-    except DataError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
 def run(script: str, *args: str, cwd: Path) -> str:

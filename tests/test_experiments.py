@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from PIL import Image
 
 from cnnzoo.cli.main import main
 from cnnzoo.data import TensorSplit, load_dataset
-from cnnzoo.errors import DataError, UsageError
+from cnnzoo.errors import UsageError
 from cnnzoo.experiments import degradation, zoo_table
 from cnnzoo.experiments.degradation import degradation_config, milestones, run_degradation
 from cnnzoo.experiments.runs import TestCurve, _write_cifar10, subset_data_dir
@@ -29,15 +28,7 @@ SUBSET = 128  # one batch of the recipes' 128: each epoch is a single step
 TINY = dict(subset=SUBSET, num_threads=1, quiet=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fashion_installed() -> None:
-    """CI has Debian's dataset-fashion-mnist, so never skip there."""
-    try:
-        load_dataset("fashion_mnist", val_split=0)
-    except DataError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = pytest.mark.usefixtures("fashion_mnist")  # conftest.py
 
 
 def history(run_dir: Path) -> list[dict[str, str]]:
