@@ -20,7 +20,7 @@ from cnnzoo.calibration import calibration_data
 from cnnzoo.cli.main import main
 from cnnzoo.data import load_dataset
 from cnnzoo.errors import UsageError
-from cnnzoo.inference import load_model
+from cnnzoo.inference import load_model, onnx_metadata
 from cnnzoo.pretrained import get_weight_spec, read_manifest
 from cnnzoo.quantize import (
     MIN_SAMPLES,
@@ -225,6 +225,13 @@ def test_calibration_batches_samples_and_bad_arguments(lenet) -> None:
         quantize(model, images, sensitivity=True)
     with pytest.raises(UsageError, match="no layer named 'conv9'"):
         quantize(model, images, exclude=["conv9"])
+    with pytest.raises(UsageError, match="unknown quantizer 'ort'"):
+        quantize(model, images, quantizer="ort")
+    with pytest.raises(UsageError, match="NNCF's int8 graph is made for OpenVINO"):
+        quantize(model, images, quantizer="nncf", backend="onnxruntime")
+    if "openvino" not in installed_runtimes():  # this process keeps OpenVINO out (conftest.py)
+        with pytest.raises(cnnzoo.errors.CnnzooError, match="needs OpenVINO and NNCF"):
+            quantize(model, images, quantizer="nncf")
 
 
 def test_calibration_unlike_the_inputs_fails_the_agreement_check(lenet) -> None:
@@ -325,12 +332,57 @@ def _run_with_openvino(body: str) -> None:
 def test_openvino_runs_the_same_int8_graph() -> None:
     _run_with_openvino("""
         on_ort = quantize(model, images, backend="onnxruntime")
-        on_openvino = quantize(model, images, backend="openvino")
+        on_openvino = quantize(model, images, backend="openvino", quantizer="onnxruntime")
         assert on_ort.report.backend == "onnxruntime" and on_openvino.report.backend == "openvino"
         assert set(on_openvino.report.timings_ms) == {"fp32 onnxruntime", "int8 openvino"}
         a, b = on_ort(val_x), on_openvino(val_x)
         assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
         assert on_openvino(val_x[:5]).shape == (5, 10)  # another batch size: compiled again
+    """)
+
+
+def test_nncf_quantizes_for_openvino_and_its_file_runs_there(tmp_path: Path) -> None:
+    _run_with_openvino(f"""
+        import os
+        import sys
+        from cnnzoo.runtime import read_metadata
+        assert "nncf" not in sys.modules
+        int8 = quantize(model, images, validation=data.validation, quantizer="nncf")
+        report = int8.report
+        assert (report.quantizer, report.backend) == ("nncf", "openvino")
+        assert set(report.timings_ms) == {{"fp32 onnxruntime", "int8 openvino (nncf)"}}
+        assert report.agreement >= 0.95 and abs(report.int8_top1 - report.fp32_top1) <= 1.5
+        assert str(report).startswith("int8 (openvino (nncf)): NNCF's post-training")
+        # NNCF's own graph: QDQ pairs, but not ONNX Runtime's placement (it quantizes fewer ops).
+        ops = [n.op_type for n in __import__("onnx").load_model_from_string(int8.onnx).graph.node]
+        assert ops.count("QuantizeLinear") >= 4
+        # Its usage telemetry stays off, and the environment as it was.
+        import nncf.telemetry.wrapper
+        assert type(nncf.telemetry.wrapper.telemetry).__name__ != "NNCFTelemetry"
+        assert "NNCF_CI" not in os.environ
+        # The file records what made it and where it ran, and runs there again: same answers.
+        meta = cnnzoo.inference.onnx_metadata(loaded, precision="int8")
+        path = int8.save({str(tmp_path / "lenet5.int8.onnx")!r}, meta)
+        meta = read_metadata(path)["quantization"]
+        assert (meta["quantizer"], meta["backend"]) == ("nncf", "openvino")
+        runner = load_model(path).model
+        assert (runner.runtime, runner.exact_float) == ("openvino", False)
+        assert torch.equal(runner(val_x[:64]), int8(val_x[:64]))
+    """)
+
+
+def test_auto_keeps_the_fastest_graph_within_max_drop() -> None:
+    # On these weights NNCF's graph loses 0.7 points of top-1 on the 1,000 validation images and
+    # ONNX Runtime's none (measured): with max_drop 0 the graphs that lose are passed over.
+    _run_with_openvino("""
+        fastest = quantize(model, images, validation=data.validation, max_drop=99.0)
+        timed = {k.removeprefix("int8 ") for k in fastest.report.timings_ms}
+        assert timed == {"fp32 onnxruntime", "onnxruntime", "openvino", "openvino (nncf)"}
+        careful = quantize(model, images, validation=data.validation, max_drop=0.0)
+        report = careful.report
+        losing = [n for n in report.notes if "top-1 points on 1000 images (max_drop 0)" in n]
+        assert losing and report.int8_top1 >= report.fp32_top1
+        assert all(note.split(" not used")[0] != report.label for note in losing)
     """)
 
 
@@ -342,6 +394,20 @@ def test_optimize_can_run_float32_on_openvino_within_the_tolerance() -> None:
             assert torch.allclose(fast(images[:8]), model(images[:8]), atol=1e-3)
             assert fast(images[:3]).shape == (3, 10)  # another shape: the folded eager model
     """)
+
+
+def test_an_int8_file_runs_where_it_was_measured_fastest_when_that_runtime_is_here(
+    lenet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, images, _ = lenet
+    int8 = quantize(model, images, backend="onnxruntime")
+    int8.report.backend = "openvino"  # as if measured fastest on OpenVINO elsewhere
+    meta = onnx_metadata(load_model("lenet5", "fashion_mnist"), precision="int8")
+    path = int8.save(tmp_path / "lenet5.int8.onnx", meta)
+    monkeypatch.setenv("CNNZOO_RUNTIMES", "onnxruntime")  # OpenVINO not allowed here: ORT
+    runner = load_model(path).model
+    assert (runner.runtime, runner.exact_float) == ("onnxruntime", False)
+    assert torch.equal(runner(images[:8]), int8(images[:8]))
 
 
 def test_runtimes_can_be_restricted(monkeypatch) -> None:

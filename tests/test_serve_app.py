@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -261,9 +262,11 @@ def test_a_model_added_at_run_time_warms_up_and_is_listed(fashion_app: FastAPI) 
             assert names == ["lenet5", "digits"]
             answer = await client.post("/v1/models/digits/predict", content=digit, headers=PNG)
             assert answer.status_code == 200
-            # The worker runs any function on the model's own thread.
-            thread = await models.call("digits", lambda: __import__("threading").current_thread())
-            assert thread.name == "cnnzoo-serve-digits"
+            # Every model's torch work runs on the one torch thread (one OpenMP team).
+            here = lambda: __import__("threading").current_thread()  # noqa: E731
+            thread = await models.call("digits", here)
+            assert thread.name == "cnnzoo-torch"
+            assert await models.call("lenet5", here) is thread
             from cnnzoo.serve import ApiError
 
             with pytest.raises(ApiError) as clash:
@@ -274,6 +277,62 @@ def test_a_model_added_at_run_time_warms_up_and_is_listed(fashion_app: FastAPI) 
             assert bad.value.status == 400 and "lenet7" in bad.value.message
 
     run(main())
+
+
+class ThreadRecorder(nn.Module):
+    """Records the thread of every forward pass (warm-up and batches)."""
+
+    def __init__(self, seen: set[str]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+        self.seen = seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(threading.current_thread().name)
+        return self.fc(x.flatten(1))
+
+
+def test_all_torch_work_of_every_model_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading, warming up, preprocessing and batches of two models: all on the torch thread, so
+    that one OpenMP team exists (a second team slows every batch; see cnnzoo.serve.worker)."""
+    seen: set[str] = set()
+
+    def recorded(name: str) -> InferenceModel:
+        def preprocess(image: torch.Tensor) -> torch.Tensor:
+            seen.add(threading.current_thread().name)
+            return image.float() / 255
+
+        return InferenceModel(
+            model=ThreadRecorder(seen).eval(), name=name, class_names=["a", "b", "c"], channels=1,
+            input_size=(8, 8), preprocess=preprocess, mean=(0.0,), std=(1.0,), description=name,
+        )  # fmt: skip
+
+    import cnnzoo.inference
+
+    real_load = cnnzoo.inference.load_model
+
+    def load_model(*args: object, **kwargs: object) -> InferenceModel:
+        seen.add(threading.current_thread().name)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(cnnzoo.inference, "load_model", load_model)
+    app = create_app({"one": recorded("one"), "two": recorded("two")}, max_wait_ms=1)
+    models = app.state.models
+
+    async def main() -> None:
+        async with client_for(app) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(f"/v1/models/{name}/predict", content=BLACK, headers=PNG)
+                    for name in ("one", "two") * 4
+                )
+            )
+            assert [a.status_code for a in answers] == [200] * 8
+            await models.add("lenet5:digits", name="digits")
+
+    run(main())
+    models.stop()
+    assert seen == {"cnnzoo-torch"}, seen
 
 
 def test_cors_is_opt_in_and_preflight_needs_no_key() -> None:

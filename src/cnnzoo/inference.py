@@ -226,8 +226,7 @@ def _model_of_file(path: Path) -> str:
         if spec.file_name == path.name:
             return spec.model
     raise UsageError(
-        f"{path}: cannot tell which model these weights are for; name it: "
-        f"MODEL --weights {path}"
+        f"{path}: cannot tell which model these weights are for; name it: MODEL --weights {path}"
     )
 
 
@@ -487,7 +486,12 @@ def _from_onnx(path: Path, foreign: dict[str, Any], need_module: str | None) -> 
     origin = meta.get("origin") or {}
     made_from = f" of {origin['description']}" if origin.get("description") else ""
     return InferenceModel(
-        model=OnnxModel(path, name=str(path)),
+        model=OnnxModel(
+            path,
+            _recorded_runtime(meta),
+            name=str(path),
+            exact_float=precision != "int8",
+        ),
         name=str(meta.get("model", "onnx")),
         class_names=names,
         channels=channels,
@@ -507,6 +511,15 @@ def _from_onnx(path: Path, foreign: dict[str, Any], need_module: str | None) -> 
         },
         files=[path],
     )
+
+
+def _recorded_runtime(meta: dict[str, Any]) -> str:
+    """The runtime ``cnnzoo quantize`` found fastest for this int8 file, when it is installed
+    here (and allowed by ``$CNNZOO_RUNTIMES``); ONNX Runtime otherwise."""
+    from cnnzoo.runtime import installed_runtimes
+
+    recorded = (meta.get("quantization") or {}).get("backend")
+    return recorded if recorded in installed_runtimes() else "onnxruntime"
 
 
 def _from_foreign_onnx(path: Path, foreign: dict[str, Any]) -> InferenceModel:

@@ -77,8 +77,11 @@ class OnnxModel(nn.Module):
     """An ONNX graph as an inference-only module: ``model(x)`` returns its first output.
 
     ``runtime`` is ``"onnxruntime"`` or ``"openvino"``. OpenVINO is told to keep float32 as
-    float32 (on CPUs with bf16 units it would otherwise compute float graphs in bf16); an int8
-    (QDQ) graph still runs in int8. OpenVINO compiles one static shape per batch size it sees.
+    float32 (on CPUs with bf16 units it would otherwise compute float graphs in bf16), unless
+    ``exact_float=False``: an int8 (QDQ) graph, whose answers already differ slightly from
+    float32's, then runs its remaining float ops at OpenVINO's own choice of precision, as
+    OpenVINO's int8 models do (bf16 on CPUs with AMX). OpenVINO compiles one static shape per
+    batch size it sees.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class OnnxModel(nn.Module):
         *,
         threads: int | None = None,
         name: str = "",
+        exact_float: bool = True,
     ) -> None:
         super().__init__()
         if runtime not in RUNTIMES:
@@ -95,6 +99,7 @@ class OnnxModel(nn.Module):
         self.runtime = runtime
         self.name = name or (str(model) if isinstance(model, (str, Path)) else "ONNX graph")
         self.threads = threads or torch.get_num_threads()
+        self.exact_float = exact_float
         import onnx
 
         proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else None
@@ -139,11 +144,12 @@ class OnnxModel(nn.Module):
                 self._compiled.pop(next(iter(self._compiled)))
             model = self._ov_model.clone()
             model.reshape({model.inputs[0].any_name: list(shape)})
-            config = {
-                "INFERENCE_PRECISION_HINT": "f32",
+            config: dict[str, Any] = {
                 "INFERENCE_NUM_THREADS": self.threads,
                 "PERFORMANCE_HINT": "LATENCY",
             }
+            if self.exact_float:
+                config["INFERENCE_PRECISION_HINT"] = "f32"
             compiled = self._core.compile_model(model, "CPU", config)
             self._compiled[shape] = compiled
         return compiled

@@ -46,7 +46,7 @@ def _fraction(text: str) -> float:
 
 def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     """The quantization options `quantize` and `evaluate --int8` share."""
-    from cnnzoo.quantize import BACKENDS, DEFAULT_MAX_DROP, DEFAULT_SAMPLES, METHODS
+    from cnnzoo.quantize import BACKENDS, DEFAULT_MAX_DROP, DEFAULT_SAMPLES, METHODS, QUANTIZERS
 
     group = parser.add_argument_group("int8 quantization")
     group.add_argument(
@@ -92,6 +92,13 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="runtime for the int8 graph (default: the fastest installed one that agrees "
         "with float32)",
+    )
+    group.add_argument(
+        "--quantizer",
+        choices=("auto", *QUANTIZERS),
+        default="auto",
+        help="what writes the int8 graph: ONNX Runtime's tools, NNCF (for OpenVINO, with the "
+        "openvino extra), or auto: both where OpenVINO is installed, the faster kept",
     )
     group.add_argument(
         "--min-agreement",
@@ -174,6 +181,7 @@ def quantize_source(
         samples=args.samples,
         method=args.method,
         backend=args.backend,
+        quantizer=args.quantizer,
         validation=calibration.validation,
         sensitivity=args.sensitivity,
         max_drop=args.max_drop,
@@ -294,7 +302,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     quantized.save(out, metadata)
     size = out.stat().st_size / 2**20
-    console.print(f"wrote {out} ({size:.2f} MiB, int8 on {quantized.report.backend})", markup=False)
+    console.print(f"wrote {out} ({size:.2f} MiB, int8 on {quantized.report.label})", markup=False)
     return 0
 
 

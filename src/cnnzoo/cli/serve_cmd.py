@@ -157,6 +157,7 @@ def _int8_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_drop": args.max_drop,
         "min_agreement": args.min_agreement,
         "int8_backend": args.backend,
+        "quantizer": args.quantizer,
     }  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.explorer import render
 from cnnzoo.inference import InferenceModel
 from cnnzoo.serve.api_v1 import _target_index as target_index
+from cnnzoo.serve.worker import TORCH_THREAD
 
 T = TypeVar("T")
 
@@ -105,6 +106,12 @@ class ByteCache:
 
 def _nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+async def _on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn`` on the server's torch thread, between batches (see cnnzoo.serve.worker: torch work
+    on any other thread would start a second OpenMP team and slow every batch after it)."""
+    return await asyncio.wrap_future(TORCH_THREAD.submit(fn, *args, **kwargs))
 
 
 @dataclass
@@ -300,9 +307,10 @@ class Explorer:
             }
             if found["spatial"]:
                 answer["palette"] = render.palette()  # tiles are grey levels 0..255
-                levels = render.quantize(output[chosen], found["low"], found["high"])
-                answer["tiles"] = await asyncio.to_thread(
-                    lambda: [
+
+                def tiles() -> list[dict[str, Any]]:
+                    levels = render.quantize(output[chosen], found["low"], found["high"])
+                    return [
                         {
                             "channel": channel,
                             "mean": float(output[channel].mean()),
@@ -310,7 +318,8 @@ class Explorer:
                         }
                         for channel, tile in zip(chosen, levels, strict=True)
                     ]
-                )
+
+                answer["tiles"] = await _on_torch_thread(tiles)
             else:
                 flat = output.reshape(-1)
                 names = served.loaded.class_names
@@ -382,7 +391,7 @@ class Explorer:
             }
 
         found = await served.call(compute)
-        png = await asyncio.to_thread(render.heat_png, found.pop("heat"))
+        png = await _on_torch_thread(render.heat_png, found.pop("heat"))
         answer = {**found, "method": method, "overlay": render.data_url(png)}
         answer["seconds"] = round(answer["seconds"], 4)
         self.results.put(key, answer, len(answer["overlay"]) + 1024)
@@ -401,7 +410,7 @@ class Explorer:
             raise UsageError("offset must be >= 0 and limit >= 1")
         chosen = names[offset : offset + limit]
         async with self._catalogue_lock:
-            rows = await asyncio.to_thread(zoo_rows, chosen, progress=False)
+            rows = await _on_torch_thread(zoo_rows, chosen, progress=False)
         served = set(self.models.names())
         return {
             "total": len(names),
@@ -411,9 +420,7 @@ class Explorer:
                     **row.__dict__,
                     "weights": list(row.weights),
                     "served": row.name in served,
-                    "latency_ms": self.latency_ms(row.name)
-                    if row.name in served
-                    else None,
+                    "latency_ms": self.latency_ms(row.name) if row.name in served else None,
                 }
                 for row in rows
             ],
@@ -426,6 +433,7 @@ class Explorer:
         Without weights (none exist, or they cannot be had here) the model is served freshly
         initialised: its architecture and maps are real, its answers are not, and the message
         says so."""
+        from cnnzoo.inference import load_model
         from cnnzoo.registry import list_models, unknown_model_message
 
         if model in self.models.names():
@@ -447,7 +455,7 @@ class Explorer:
         if served is None:
             # The server serves only trained sources by name; an untrained model is handed
             # over built.
-            fresh = await asyncio.to_thread(_untrained, model)
+            fresh = await _on_torch_thread(load_model, model)
             served = await self.models.add(fresh, model)
             message = (
                 f"loaded {model} without trained weights ({why_not}): the architecture is "
@@ -466,17 +474,6 @@ def _no_weights_reason(model: str) -> str:
         return "it has no published or shipped weights"
     names = ", ".join(spec.name for spec in specs)
     return f"its weights ({names}) are not on this machine and downloads are off"
-
-
-def _untrained(model: str) -> InferenceModel:
-    from cnnzoo.inference import load_model
-
-    try:
-        from cnnzoo.serve.worker import COMPUTE_LOCK
-    except ImportError:  # the explorer used without the server
-        return load_model(model)
-    with COMPUTE_LOCK:  # building a model runs torch: not beside a batch
-        return load_model(model)
 
 
 def default_weights(model: str) -> str | None:
@@ -512,4 +509,3 @@ def _cam_layers(graph: NetworkGraph, model: torch.nn.Module) -> dict[str, Any]:
         default = spatial[-1] if spatial else None
     ordered = list(dict.fromkeys([*stages, *spatial]))
     return {"default": default, "stages": stages, "layers": ordered}
-

@@ -15,7 +15,7 @@ from typing import Any
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.inference import InferenceModel
 from cnnzoo.serve.errors import ApiError
-from cnnzoo.serve.worker import COMPUTE_LOCK, ModelWorker
+from cnnzoo.serve.worker import TORCH_THREAD, ModelWorker
 
 __all__ = ["ModelSource", "ServedModel", "ServedModels", "parse_source"]
 
@@ -419,7 +419,9 @@ class ServedModels:
     def load(self, source: str | Path | InferenceModel | ModelSource) -> ServedModel:
         """Load a source now (the worker starts with the others); errors are one line."""
         spec = source if isinstance(source, ModelSource) else parse_source(source)
-        served = self._build(spec, _load(spec))
+        # Loading runs torch (weights copied, MACs counted): on the torch thread, so that this
+        # thread never gets an OpenMP team of its own (see cnnzoo.serve.worker).
+        served = TORCH_THREAD.run(lambda: self._build(spec, _load(spec)))
         self._register(served)
         if self.started:
             served.worker.start()
@@ -442,13 +444,10 @@ class ServedModels:
             raise ApiError(409, f"a model is already served as {spec.name!r}")
         loop = asyncio.get_running_loop()
 
-        def load() -> ServedModel:
-            with COMPUTE_LOCK:  # building a model runs torch: not beside a batch
-                loaded = _load(spec)
-            return self._build(spec, loaded)
-
-        try:
-            served = await loop.run_in_executor(None, load)
+        try:  # building a model runs torch: on the torch thread, between batches
+            served = await asyncio.wrap_future(
+                TORCH_THREAD.submit(lambda: self._build(spec, _load(spec)))
+            )
         except UsageError as exc:
             status = 409 if "would be served as" in str(exc) else 400
             raise ApiError(status, str(exc)) from None

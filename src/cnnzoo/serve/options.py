@@ -37,6 +37,7 @@ class ServeOptions:
     max_drop: float = DEFAULT_MAX_DROP  # accuracy points, with sensitivity
     min_agreement: float = DEFAULT_MIN_AGREEMENT  # top-1 answers int8 must share with float32
     int8_backend: str = "auto"  # onnxruntime, openvino, or the fastest that passes
+    quantizer: str = "auto"  # onnxruntime, nncf (for OpenVINO), or both competing
     threads: int | None = None  # torch threads (default: the free cores, as `train` picks)
     device: str = "cpu"  # auto, cpu, cuda, cuda:N, mps
 
@@ -65,7 +66,7 @@ class ServeOptions:
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
         if self.int8:
-            from cnnzoo.quantize import BACKENDS, METHODS, MIN_SAMPLES
+            from cnnzoo.quantize import BACKENDS, METHODS, MIN_SAMPLES, QUANTIZERS
 
             if self.samples < MIN_SAMPLES:
                 raise UsageError(
@@ -76,6 +77,11 @@ class ServeOptions:
             if self.int8_backend not in BACKENDS:
                 raise UsageError(
                     f"int8_backend must be one of {', '.join(BACKENDS)}, got {self.int8_backend!r}"
+                )
+            if self.quantizer not in ("auto", *QUANTIZERS):
+                raise UsageError(
+                    f"quantizer must be one of auto, {', '.join(QUANTIZERS)}, got "
+                    f"{self.quantizer!r}"
                 )
 
     def quantize_options(self) -> dict[str, object] | None:
@@ -89,4 +95,5 @@ class ServeOptions:
             "max_drop": self.max_drop,
             "min_agreement": self.min_agreement,
             "backend": self.int8_backend,
+            "quantizer": self.quantizer,
         }
