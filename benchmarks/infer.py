@@ -9,7 +9,9 @@ geometric means, and the achieved GFLOP/s (2 x multiply-adds x images/s) next to
 measured float32 matmul GFLOP/s.
 
 int8 is ``cnnzoo.quantize`` calibrated on random images (the weights are random too: the
-agreement check is off, accuracy is measured by the tests on real data, not here). OpenVINO is
+agreement check is off, accuracy is measured by the tests on real data, not here); with OpenVINO
+and NNCF installed it weighs ONNX Runtime's graph on both runtimes against NNCF's graph on
+OpenVINO, and the table says which won. OpenVINO is
 what a CPU user would pick instead: its columns need ``openvino`` and ``nncf``, installed into
 this benchmark's own environment, never into the project's (the project's own venv is reused
 for torch and cnnzoo through a .pth file):
@@ -211,6 +213,7 @@ def bench_row(
         report = int8.report
         row["int8"] = {
             "backend": report.backend,
+            "quantizer": report.quantizer,
             "reduce_range": report.reduce_range,
             "cpu": report.cpu,
             "quantized_nodes": report.quantized_nodes,
@@ -277,6 +280,8 @@ def format_table(rows: list[dict[str, Any]], peak: float | None) -> str:
             how += ", NHWC" if opt["channels_last"] else ", NCHW"
         if "int8" in row:
             how += f"; {row['int8']['backend']}"
+            if row["int8"].get("quantizer", "onnxruntime") != "onnxruntime":
+                how += f" ({row['int8']['quantizer']} graph)"
         share = f"{100 * gflops['optimized'] / peak:.0f}%" if peak else "-"
         lines.append(
             f"{row['model']:<16}{row['batch']:>6}{row['size']:>5}{row['gmacs_per_image']:>7.3f}"

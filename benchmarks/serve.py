@@ -7,8 +7,8 @@ concurrency 1, 8 and 32. The servers take turns (A, B, C, D, E, A, B, ...) so th
 the machine's load hits them all alike; requests/s is the median over the turns, p50/p99 latency
 come from all of a server's requests. Between its turns a server is paused (SIGSTOP to its
 process group, SIGCONT before its next turn): an idle server still wakes up (LitServe's polls its
-queues, about 0.1 of a core), and on 2 cores that cost the server whose turn it was 20 % of its
-requests/s.
+queues, about 0.1 of a core), and on 2 cores that cut the requests/s of the server whose turn it
+was from about 50 to 38 (resnet18, 32 clients).
 
 - ``cnnzoo``: ``cnnzoo serve`` with dynamic batching (``--max-batch 8 --max-wait-ms 5``);
 - ``cnnzoo-int8``: the same server serving the model's int8 ``.onnx`` file (made first by

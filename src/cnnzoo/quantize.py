@@ -511,8 +511,9 @@ def quantize(
     validation data's, else the calibration data's) quantizes each layer alone, records what it
     costs, and keeps the costliest in float32 until the int8 top-1 is within ``max_drop``
     points of float32's. With validation labels, a graph and runtime that lose more than
-    ``max_drop`` points are passed over for one that does not, if any. ``exclude``: layers (module names, as the report shows them) or ONNX
-    node names to keep in float32 from the start. ``per_channel=False`` gives every weight
+    ``max_drop`` points are passed over for one that does not, if any. ``exclude``: layers
+    (module names, as the report shows them) or ONNX node names to keep in float32 from the
+    start. ``per_channel=False`` gives every weight
     tensor one scale (what collapsed depthwise networks in published reports; for comparison).
 
     The check: on each runtime, the int8 model's top-1 answer must equal the float32 model's on
