@@ -189,19 +189,23 @@ def interleaved_medians(
     rounds: int = 7,
     budget_s: float = 3.0,
 ) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns (A, B, C, A, B, C, ...).
+    """Median seconds per call of each function, timed in turns (A, B, C, then B, C, A, ...).
 
     Taking turns exposes every candidate to the same drift in machine load, so their ratios
-    stay meaningful on a busy machine. Stops after ``rounds`` turns, or after 3 once
+    stay meaningful on a busy machine; the order rotates every turn, so that no candidate always
+    runs right after the same one (whose run may leave the caches, or its runtime's threads, in
+    a state that helps or hurts the next). Stops after ``rounds`` turns, or after 3 once
     ``budget_s`` has passed.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {key: [] for key in fns}
+    order = list(fns.items())
     start = time.perf_counter()
     for turn in range(rounds):
-        for key, fn in fns.items():
+        shift = turn % len(order)
+        for key, fn in order[shift:] + order[:shift]:
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
