@@ -45,7 +45,7 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError, UsageError
 from cnnzoo.optimize import InferenceOnly, fold_batchnorms, interleaved_medians
-from cnnzoo.runtime import RUNTIMES, OnnxModel, installed_runtimes, write_onnx
+from cnnzoo.runtime import RUNTIMES, OnnxModel, _first_line, installed_runtimes, write_onnx
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -638,7 +638,7 @@ def quantize(
                 except Exception as exc:  # a graph NNCF cannot take: ONNX Runtime's still can
                     if quantizer == "nncf":
                         raise
-                    report.notes.append(f"NNCF not used: {type(exc).__name__}: {_first(exc)}")
+                    report.notes.append(f"NNCF not used: {type(exc).__name__}: {_first_line(exc)}")
         elif why_not:
             report.notes.append(why_not)
     report.check_samples = len(check_images)
@@ -711,10 +711,6 @@ def _import_nncf() -> Any:
             else:
                 os.environ["NNCF_CI"] = previous
     return sys.modules["nncf"]
-
-
-def _first(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _export_float(
@@ -909,13 +905,13 @@ def _choose_runtime(
         except Exception as exc:  # a runtime that cannot run this graph: the next one may
             if backend != "auto" and quantizer == "onnxruntime":
                 raise
-            report.notes.append(f"{label} not used: {type(exc).__name__}: {_first(exc)}")
+            report.notes.append(f"{label} not used: {type(exc).__name__}: {_first_line(exc)}")
     passed = {label for label, (_, _, (agree, _, _)) in checked.items()
               if agree >= report.min_agreement}  # fmt: skip
     if accuracy is not None and len(passed) > 1:
         labels, max_drop = accuracy
-        fp32_top1 = _top1(reference, labels)
-        drops = {label: fp32_top1 - _top1(checked[label][1], labels) for label in passed}
+        assert report.fp32_top1 is not None  # measured on the same labelled check images
+        drops = {label: report.fp32_top1 - _top1(checked[label][1], labels) for label in passed}
         within = {label for label in passed if drops[label] <= max_drop}
         for label in sorted(passed - within if within else set()):
             report.notes.append(
