@@ -2,8 +2,9 @@
 OpenVINO float32 and int8 (NNCF post-training quantization), images per second.
 
 For each model and batch size the variants share weights (torchvision's random init, loaded into
-the cnnzoo model) and are timed in turns (A, B, C, A, B, C, ...) in one process after a warm-up,
-so drifting machine load hits all alike; medians are reported, with the ratio of each to
+the cnnzoo model) and are timed in turns (A, B, C, B, C, A, ...) in one process after a
+warm-up, a turn repeating a call until it lasts --min-turn seconds, so drifting machine load hits
+all alike; medians are reported, with the ratio of each to
 torchvision eager, int8 to optimized float32, cnnzoo's fastest to OpenVINO's fastest, the
 geometric means, and the achieved GFLOP/s (2 x multiply-adds x images/s) next to the machine's
 measured float32 matmul GFLOP/s.
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
     parser.add_argument(
         "--budget", type=float, default=30.0, help="stop timing a row after this many seconds"
+    )
+    parser.add_argument(
+        "--min-turn",
+        type=float,
+        default=0.1,
+        help="a turn repeats a call until it lasts this many seconds (default 0.1)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
@@ -227,7 +234,11 @@ def bench_row(
         fns |= ov_fns
     with torch.inference_mode():
         medians = interleaved_medians(
-            fns, warmup=args.warmup, rounds=args.repeats, budget_s=args.budget
+            fns,
+            warmup=args.warmup,
+            rounds=args.repeats,
+            budget_s=args.budget,
+            min_turn_s=args.min_turn,
         )
     rates = {key: batch / seconds for key, seconds in medians.items()}
     report = fast.report
@@ -342,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     loads = [row["load_average"][0] for row in rows]
     print(
-        f"total {total:.0f} s; {args.repeats} turns per variant (median), warm-up {args.warmup}; "
+        f"total {total:.0f} s; {args.repeats} turns per variant (median; a turn repeats a call "
+        f"for at least {args.min_turn:g} s), warm-up {args.warmup}; "
         f"load average {min(loads):.1f}-{max(loads):.1f} while rows were timed"
     )
     if args.out:
@@ -360,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batches": args.batches,
                 "repeats": args.repeats,
                 "warmup": args.warmup,
+                "min_turn_s": args.min_turn,
                 "compile": args.compile,
                 "backend": args.backend,
                 "int8": args.int8,

@@ -6,6 +6,8 @@ import copy
 import importlib
 import importlib.util
 import os
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from cnnzoo.optimize import (
     find_conv_bn_pairs,
     fold_batchnorms,
     fold_conv_bn,
+    interleaved_medians,
     optimize,
 )
 
@@ -139,6 +142,26 @@ def test_optimize_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         optimize(model, torch.randn(1, 3, 32, 32), backend="tensorrt")
 
+
+
+def test_interleaved_medians_rotate_turns_and_repeat_short_calls() -> None:
+    log: list[str] = []
+
+    def call(key: str, seconds: float) -> None:
+        log.append(key)
+        time.sleep(seconds)
+
+    fns = {"short": partial(call, "short", 0.001), "long": partial(call, "long", 0.02)}
+    medians = interleaved_medians(fns, warmup=1, rounds=4, budget_s=60.0, min_turn_s=0.01)
+    # A 1 ms call is repeated until its turn lasts 10 ms; a 20 ms call runs once a turn.
+    assert 4 * 5 <= log.count("short") - 1 <= 4 * 11
+    assert log.count("long") == 1 + 4
+    assert 0.001 <= medians["short"] < 0.005 and 0.02 <= medians["long"] < 0.04
+    timed = log[2:]
+    runs = [key for i, key in enumerate(timed) if i == 0 or timed[i - 1] != key]
+    # Each turn starts with the candidate that ended the one before (the order rotates), so
+    # four turns of two make five runs of calls, not eight.
+    assert runs == ["short", "long", "short", "long", "short"]
 
 @pytest.mark.slow
 def test_optimize_with_inductor_on_a_tiny_model() -> None:

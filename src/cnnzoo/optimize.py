@@ -188,27 +188,37 @@ def interleaved_medians(
     warmup: int = 2,
     rounds: int = 7,
     budget_s: float = 3.0,
+    min_turn_s: float = 0.0,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (A, B, C, then B, C, A, ...).
 
     Taking turns exposes every candidate to the same drift in machine load, so their ratios
     stay meaningful on a busy machine; the order rotates every turn, so that no candidate always
     runs right after the same one (whose run may leave the caches, or its runtime's threads, in
-    a state that helps or hurts the next). Stops after ``rounds`` turns, or after 3 once
-    ``budget_s`` has passed.
+    a state that helps or hurts the next). A turn calls a function as many times as fills
+    ``min_turn_s`` (judged from its last warm-up call), so that a call of a few milliseconds is
+    not timed from one sample of the scheduler's noise. Stops after ``rounds`` turns, or after
+    3 once ``budget_s`` has passed.
     """
-    for fn in fns.values():
-        for _ in range(warmup):
+    calls: dict[str, int] = {}
+    for key, fn in fns.items():
+        last = 0.0
+        for _ in range(max(warmup, 1 if min_turn_s > 0 else 0)):
+            t0 = time.perf_counter()
             fn()
+            last = time.perf_counter() - t0
+        calls[key] = max(1, math.ceil(min_turn_s / last)) if min_turn_s > 0 and last > 0 else 1
     times: dict[str, list[float]] = {key: [] for key in fns}
     order = list(fns.items())
     start = time.perf_counter()
     for turn in range(rounds):
         shift = turn % len(order)
         for key, fn in order[shift:] + order[:shift]:
+            count = calls[key]
             t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
+            for _ in range(count):
+                fn()
+            times[key].append((time.perf_counter() - t0) / count)
         if turn >= 2 and time.perf_counter() - start > budget_s:
             break
     return {key: statistics.median(values) for key, values in times.items()}
@@ -451,6 +461,7 @@ def optimize(
                 warmup=1,
                 rounds=5,
                 budget_s=1.5,
+                min_turn_s=0.02,  # calls of a small model last microseconds
             )
         # A configuration timed again beside new rivals keeps its first figure in the report,
         # which is the one the earlier choice was made on; comparisons use the fresh ones.

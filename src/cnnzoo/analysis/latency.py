@@ -105,7 +105,8 @@ def measure_latency(
     with torch.inference_mode():
         medians = interleaved_medians({"eager": lambda: model(example),
                                        "optimized": lambda: fast(example)},
-                                      warmup=2, rounds=7, budget_s=3.0)  # fmt: skip
+                                      warmup=2, rounds=7, budget_s=3.0,
+                                      min_turn_s=0.02)  # fmt: skip
     with torch.device("meta"):
         macs = count_macs(entry.builder(in_chans=channels), size)
     return Latency(batch, size, threads, eager_ms=medians["eager"] * 1e3,
