@@ -55,8 +55,9 @@ lint: $(STAMP)
 
 # The tests run every page's code (tests/test_docs.py) and record its outputs and figures in
 # docs/figures/, so the site build after them reuses that run instead of repeating it.
+# A worker per core (pytest-xdist), at most 4: each holds its own models and datasets in memory.
 test: $(STAMP) data browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 	$(MAKE) docs
 
 export NO_MKDOCS_2_WARNING := 1
