@@ -291,7 +291,7 @@ def format_table(rows: list[dict[str, Any]], peak: float | None) -> str:
             how += ", NHWC" if opt["channels_last"] else ", NCHW"
         if "int8" in row:
             how += f"; {row['int8']['backend']}"
-            if row["int8"].get("quantizer", "onnxruntime") != "onnxruntime":
+            if row["int8"]["quantizer"] != "onnxruntime":
                 how += f" ({row['int8']['quantizer']} graph)"
         share = f"{100 * gflops['optimized'] / peak:.0f}%" if peak else "-"
         lines.append(

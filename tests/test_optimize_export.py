@@ -143,7 +143,6 @@ def test_optimize_rejects_bad_arguments() -> None:
         optimize(model, torch.randn(1, 3, 32, 32), backend="tensorrt")
 
 
-
 def test_interleaved_medians_rotate_turns_and_repeat_short_calls() -> None:
     log: list[str] = []
 
@@ -162,6 +161,7 @@ def test_interleaved_medians_rotate_turns_and_repeat_short_calls() -> None:
     # Each turn starts with the candidate that ended the one before (the order rotates), so
     # four turns of two make five runs of calls, not eight.
     assert runs == ["short", "long", "short", "long", "short"]
+
 
 @pytest.mark.slow
 def test_optimize_with_inductor_on_a_tiny_model() -> None:

@@ -202,12 +202,12 @@ def interleaved_medians(
     """
     calls: dict[str, int] = {}
     for key, fn in fns.items():
-        last = 0.0
-        for _ in range(max(warmup, 1 if min_turn_s > 0 else 0)):
+        last = math.inf  # no warm-up call: one call a turn
+        for _ in range(max(warmup, 1) if min_turn_s > 0 else warmup):
             t0 = time.perf_counter()
             fn()
             last = time.perf_counter() - t0
-        calls[key] = max(1, math.ceil(min_turn_s / last)) if min_turn_s > 0 and last > 0 else 1
+        calls[key] = max(1, math.ceil(min_turn_s / max(last, 1e-9)))
     times: dict[str, list[float]] = {key: [] for key in fns}
     order = list(fns.items())
     start = time.perf_counter()

@@ -122,14 +122,12 @@ class OnnxModel(nn.Module):
         if runtime == "onnxruntime":
             self._session = onnxruntime_session(model, self.threads)
         else:
-            self._ov_model, self._core = self._read_openvino(proto)
+            self._ov_model, self._core, self._ov_tensor = self._read_openvino(proto)
             self._requests: dict[tuple[int, ...], Any] = {}
-            import openvino as ov
-
-            self._ov_tensor = ov.Tensor
 
     @staticmethod
-    def _read_openvino(proto: Any) -> tuple[Any, Any]:
+    def _read_openvino(proto: Any) -> tuple[Any, Any, Any]:
+        """(the model read from ``proto``, the ``ov.Core`` that read it, ``ov.Tensor``)."""
         try:
             import openvino as ov
         except ImportError:
@@ -139,7 +137,7 @@ class OnnxModel(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
             Path(path).write_bytes(proto.SerializeToString())
-            return core.read_model(path), core
+            return core.read_model(path), core, ov.Tensor
 
     def _openvino_for(self, shape: tuple[int, ...]) -> Any:
         """The infer request of the model compiled for ``shape`` (compiled at first sight)."""
